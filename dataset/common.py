@@ -1,0 +1,188 @@
+"""Shared pieces of the puzzle dataset format: metadata, dihedral transforms, CSV sources and the
+atomic folder writer that every builder uses."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pydantic
+
+# Label value the losses skip (PyTorch's cross-entropy default); `ignore_label_id` maps to it at load.
+IGNORE_LABEL_ID = -100
+
+# Per-set array files of a split, in the reference's names (`<set>__<field>.npy`).
+DATASET_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+
+# Dihedral transform ids: identity, rot90, rot180, rot270, flip left-right, flip up-down, transpose,
+# anti-transpose. DIHEDRAL_INVERSE[t] undoes transform t.
+DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
+
+PUZZLE_CSV_HEADER = ("source", "question", "answer", "rating")
+
+
+class DatasetBuildError(Exception):
+    """Bad builder input or settings; the message names the file, row or flag at fault."""
+
+
+class PuzzleDatasetMetadata(pydantic.BaseModel):
+    """Contents of `<split>/dataset.json`."""
+
+    pad_id: int
+    ignore_label_id: Optional[int]
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    sets: List[str]
+
+
+def dihedral_transform(grid: np.ndarray, transform_id: int) -> np.ndarray:
+    """Apply one of the 8 symmetries of the square to a 2-D grid."""
+    if transform_id == 0:
+        return grid
+    if transform_id == 1:
+        return np.rot90(grid, k=1)
+    if transform_id == 2:
+        return np.rot90(grid, k=2)
+    if transform_id == 3:
+        return np.rot90(grid, k=3)
+    if transform_id == 4:
+        return np.fliplr(grid)
+    if transform_id == 5:
+        return np.flipud(grid)
+    if transform_id == 6:
+        return grid.T
+    if transform_id == 7:
+        return np.fliplr(np.rot90(grid, k=1))
+    raise ValueError(f"dihedral transform id must be 0..7, got {transform_id}")
+
+
+def inverse_dihedral_transform(grid: np.ndarray, transform_id: int) -> np.ndarray:
+    return dihedral_transform(grid, DIHEDRAL_INVERSE[transform_id])
+
+
+def read_puzzle_csv(path: str, row_length: Optional[int] = None) -> List[dict]:
+    """Read a `source,question,answer,rating` CSV (the official Sudoku and maze format).
+
+    Returns one dict per row with `source`, `question`, `answer` and integer `rating`. A missing file,
+    wrong header, wrong row length or unparsable rating raises DatasetBuildError naming file and row.
+    """
+    if not os.path.isfile(path):
+        raise DatasetBuildError(f"{path}: file not found")
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != PUZZLE_CSV_HEADER:
+            raise DatasetBuildError(f"{path}: header must be {','.join(PUZZLE_CSV_HEADER)}, got {header}")
+        for row_number, row in enumerate(reader, start=2):
+            if len(row) != 4:
+                raise DatasetBuildError(f"{path}, row {row_number}: expected 4 columns, got {len(row)}")
+            source, question, answer, rating = row
+            for name, text in (("question", question), ("answer", answer)):
+                if row_length is not None and len(text) != row_length:
+                    raise DatasetBuildError(
+                        f"{path}, row {row_number}: {name} has {len(text)} characters, expected {row_length}")
+            if len(question) != len(answer):
+                raise DatasetBuildError(f"{path}, row {row_number}: question and answer differ in length")
+            try:
+                rating_value = int(rating)
+            except ValueError:
+                raise DatasetBuildError(f"{path}, row {row_number}: rating {rating!r} is not an integer") from None
+            rows.append(dict(source=source, question=question, answer=answer, rating=rating_value))
+    return rows
+
+
+def write_puzzle_csv(path: str, rows: Sequence[dict]) -> None:
+    """Write rows (dicts with the four CSV columns) in the official format."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PUZZLE_CSV_HEADER)
+        for row in rows:
+            writer.writerow([row[k] for k in PUZZLE_CSV_HEADER])
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: str, overwrite: bool = False) -> Iterator[str]:
+    """Yield a temporary folder beside `output_dir`; move it into place only if the block succeeds.
+
+    A failure (exception, Ctrl-C) removes the temporary folder, so no half-written dataset is left.
+    An existing `output_dir` is an error unless `overwrite` is set, in which case it is replaced.
+    """
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not overwrite:
+        raise DatasetBuildError(f"output folder {output_dir} already exists; pass --overwrite to replace it")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        yield tmp_dir
+        if os.path.exists(output_dir):
+            old_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
+            os.rename(output_dir, os.path.join(old_dir, "previous"))
+            os.rename(tmp_dir, output_dir)
+            shutil.rmtree(old_dir)
+        else:
+            os.rename(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def save_split(dataset_dir: str, split: str, metadata: PuzzleDatasetMetadata,
+               sets: Dict[str, Dict[str, np.ndarray]]) -> None:
+    """Write `<dataset_dir>/<split>/dataset.json` and each set's arrays after checking their layout."""
+    if sorted(sets) != sorted(metadata.sets):
+        raise ValueError(f"metadata sets {metadata.sets} differ from the arrays' sets {sorted(sets)}")
+    split_dir = os.path.join(dataset_dir, split)
+    os.makedirs(split_dir, exist_ok=True)
+    for set_name, arrays in sets.items():
+        if set(arrays) != set(DATASET_FIELDS):
+            raise ValueError(f"set {set_name!r} must have fields {DATASET_FIELDS}, got {sorted(arrays)}")
+        inputs, labels = arrays["inputs"], arrays["labels"]
+        if inputs.ndim != 2 or inputs.shape != labels.shape or inputs.shape[1] != metadata.seq_len:
+            raise ValueError(f"set {set_name!r}: inputs {inputs.shape} and labels {labels.shape} must be "
+                             f"[N, {metadata.seq_len}]")
+        puzzle_indices, group_indices = arrays["puzzle_indices"], arrays["group_indices"]
+        if puzzle_indices[0] != 0 or puzzle_indices[-1] != len(inputs) or np.any(np.diff(puzzle_indices) <= 0):
+            raise ValueError(f"set {set_name!r}: puzzle_indices must rise from 0 to {len(inputs)}")
+        if group_indices[0] != 0 or group_indices[-1] != len(puzzle_indices) - 1 or np.any(np.diff(group_indices) <= 0):
+            raise ValueError(f"set {set_name!r}: group_indices must rise from 0 to the puzzle count")
+        if len(arrays["puzzle_identifiers"]) != len(puzzle_indices) - 1:
+            raise ValueError(f"set {set_name!r}: one puzzle identifier per puzzle expected")
+        for field in DATASET_FIELDS:
+            array = arrays[field]
+            if field not in ("inputs", "labels"):
+                array = np.asarray(array, dtype=np.int32)
+            np.save(os.path.join(split_dir, f"{set_name}__{field}.npy"), array)
+    with open(os.path.join(split_dir, "dataset.json"), "w") as f:
+        json.dump(metadata.model_dump(), f)
+
+
+def save_identifiers(dataset_dir: str, names: Sequence[str]) -> None:
+    """Write `identifiers.json`: identifier id -> name, `<blank>` for id 0."""
+    with open(os.path.join(dataset_dir, "identifiers.json"), "w") as f:
+        json.dump(list(names), f)
+
+
+def load_metadata(dataset_dir: str, split: str) -> PuzzleDatasetMetadata:
+    with open(os.path.join(dataset_dir, split, "dataset.json")) as f:
+        return PuzzleDatasetMetadata(**json.load(f))
+
+
+def run_builder(main: Callable[[], None]) -> None:
+    """Run a builder's main; a DatasetBuildError becomes one `error: ...` line and exit status 2."""
+    try:
+        main()
+    except DatasetBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
