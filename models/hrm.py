@@ -1,0 +1,236 @@
+"""The Hierarchical Reasoning Model: config, the H/L recurrence with its 1-step gradient, and ACT halting."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Dict, Literal, Optional, Tuple
+
+import pydantic
+import torch
+from torch import nn
+
+from models.attention import resolve_backend
+from models.initializers import trunc_normal_init_
+from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
+from models.sparse_embedding import CastedSparseEmbedding
+
+logger = logging.getLogger(__name__)
+
+Batch = Dict[str, torch.Tensor]
+
+
+class HRMConfig(pydantic.BaseModel):
+    """Architecture of `hrm_v1`, with the reference's key names and defaults."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    batch_size: int = pydantic.Field(gt=0, description="sequences per rank")
+    seq_len: int = pydantic.Field(gt=0)
+    puzzle_emb_ndim: int = pydantic.Field(0, ge=0, description="0 disables the puzzle embedding")
+    num_puzzle_identifiers: int = pydantic.Field(gt=0)
+    vocab_size: int = pydantic.Field(gt=0)
+    H_cycles: int = pydantic.Field(gt=0)
+    L_cycles: int = pydantic.Field(gt=0)
+    H_layers: int = pydantic.Field(gt=0)
+    L_layers: int = pydantic.Field(gt=0)
+    hidden_size: int = pydantic.Field(gt=0)
+    expansion: float = pydantic.Field(gt=0)
+    num_heads: int = pydantic.Field(gt=0)
+    pos_encodings: Literal["rope", "learned"]
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    halt_max_steps: int = pydantic.Field(gt=0)
+    halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
+    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    attention_backend: str = pydantic.Field("auto", description="auto | fa3 | fa2 | fa4 | sdpa")
+
+    @pydantic.model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "HRMConfig":
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+    @property
+    def puzzle_emb_len(self) -> int:
+        """Positions the puzzle embedding takes in front of the tokens."""
+        return math.ceil(self.puzzle_emb_ndim / self.hidden_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.forward_dtype)
+
+
+class Block(nn.Module):
+    """Post-norm transformer block: norm(h + attn(h)), then norm(h + mlp(h))."""
+
+    def __init__(self, config: HRMConfig, attention_backend: str):
+        super().__init__()
+        self.self_attn = Attention(config.hidden_size, config.num_heads, attention_backend)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+        self.norm_eps = config.rms_norm_eps
+
+    def forward(self, hidden_states: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
+        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), self.norm_eps)
+        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+
+
+class ReasoningModule(nn.Module):
+    """One level (H or L): add the injection, then run the layers in order."""
+
+    def __init__(self, config: HRMConfig, num_layers: int, attention_backend: str):
+        super().__init__()
+        self.layers = nn.ModuleList(Block(config, attention_backend) for _ in range(num_layers))
+
+    def forward(self, hidden_states: torch.Tensor, injection: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
+        hidden_states = hidden_states + injection
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, cos_sin)
+        return hidden_states
+
+
+@dataclass
+class InnerCarry:
+    z_H: torch.Tensor
+    z_L: torch.Tensor
+
+
+@dataclass
+class ACTCarry:
+    inner_carry: InnerCarry
+    steps: torch.Tensor
+    halted: torch.Tensor
+    current_data: Batch
+
+
+class HierarchicalReasoningModel(nn.Module):
+    """One ACT step of HRM: embeddings, H/L cycles, LM and Q heads."""
+
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        self.config = config
+        dtype = config.dtype
+        self.attention_backend = resolve_backend(config.attention_backend)
+        logger.info("attention backend: %s", self.attention_backend)
+
+        # Construction order follows the reference so that a seeded init draws the same numbers.
+        self.embed_scale = math.sqrt(config.hidden_size)
+        embed_init_std = 1.0 / self.embed_scale
+        self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size, embed_init_std, dtype)
+        self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
+
+        self.puzzle_emb_len = config.puzzle_emb_len
+        if config.puzzle_emb_ndim > 0:
+            self.puzzle_emb = CastedSparseEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim,
+                                                    batch_size=config.batch_size, init_std=0, cast_to=dtype)
+        num_positions = config.seq_len + self.puzzle_emb_len
+        if config.pos_encodings == "rope":
+            self.rotary_emb = RotaryEmbedding(config.hidden_size // config.num_heads, num_positions, config.rope_theta)
+        else:
+            self.embed_pos = CastedEmbedding(num_positions, config.hidden_size, embed_init_std, dtype)
+
+        self.H_level = ReasoningModule(config, config.H_layers, self.attention_backend)
+        self.L_level = ReasoningModule(config, config.L_layers, self.attention_backend)
+        self.H_init = nn.Buffer(trunc_normal_init_(torch.empty(config.hidden_size, dtype=dtype), std=1), persistent=True)
+        self.L_init = nn.Buffer(trunc_normal_init_(torch.empty(config.hidden_size, dtype=dtype), std=1), persistent=True)
+
+        # Q head starts near "never halt" (sigmoid(-5) ~ 0.007) so early training runs the full steps.
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5)
+
+    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
+        embedding = self.embed_tokens(inputs.to(torch.int32))
+        if self.config.puzzle_emb_ndim > 0:
+            puzzle_embedding = self.puzzle_emb(puzzle_identifiers)
+            pad = self.puzzle_emb_len * self.config.hidden_size - puzzle_embedding.shape[-1]
+            if pad > 0:
+                puzzle_embedding = nn.functional.pad(puzzle_embedding, (0, pad))
+            puzzle_embedding = puzzle_embedding.view(-1, self.puzzle_emb_len, self.config.hidden_size)
+            embedding = torch.cat((puzzle_embedding, embedding), dim=-2)
+        if self.config.pos_encodings == "learned":
+            # 1/sqrt(2) keeps the sum of two unit-variance embeddings at unit variance.
+            embedding = 0.707106781 * (embedding + self.embed_pos.embedding_weight.to(self.config.dtype))
+        return self.embed_scale * embedding
+
+    def empty_carry(self, batch_size: int, device: torch.device) -> InnerCarry:
+        shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
+        return InnerCarry(z_H=torch.empty(shape, dtype=self.config.dtype, device=device),
+                          z_L=torch.empty(shape, dtype=self.config.dtype, device=device))
+
+    def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
+        """Put sequences flagged in `reset` back to the initial states."""
+        reset = reset.view(-1, 1, 1)
+        return InnerCarry(z_H=torch.where(reset, self.H_init, carry.z_H), z_L=torch.where(reset, self.L_init, carry.z_L))
+
+    def forward(self, carry: InnerCarry, batch: Batch) -> Tuple[InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
+        x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
+
+        # All cycles but the last L and H updates run without gradient (the "1-step gradient").
+        with torch.no_grad():
+            z_H, z_L = carry.z_H, carry.z_L
+            for h in range(H_cycles):
+                for l in range(L_cycles):
+                    if not (h == H_cycles - 1 and l == L_cycles - 1):
+                        z_L = self.L_level(z_L, z_H + x, cos_sin)
+                if h != H_cycles - 1:
+                    z_H = self.H_level(z_H, z_L, cos_sin)
+        z_L = self.L_level(z_L, z_H + x, cos_sin)
+        z_H = self.H_level(z_H, z_L, cos_sin)
+
+        new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
+        logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
+        q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
+        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1])
+
+
+class HierarchicalReasoningModelACT(nn.Module):
+    """ACT wrapper: restarts halted sequences, runs one step, decides halting with the Q head."""
+
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        self.config = config
+        self.inner = HierarchicalReasoningModel(config)
+
+    @property
+    def puzzle_emb(self):
+        return self.inner.puzzle_emb
+
+    def initial_carry(self, batch: Batch) -> ACTCarry:
+        batch_size, device = batch["inputs"].shape[0], batch["inputs"].device
+        return ACTCarry(
+            inner_carry=self.inner.empty_carry(batch_size, device),
+            steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
+            halted=torch.ones(batch_size, dtype=torch.bool, device=device),  # all halted: the first call resets everyone
+            current_data={k: torch.empty_like(v) for k, v in batch.items()},
+        )
+
+    def forward(self, carry: ACTCarry, batch: Batch) -> Tuple[ACTCarry, Dict[str, torch.Tensor]]:
+        inner_carry = self.inner.reset_carry(carry.halted, carry.inner_carry)
+        steps = torch.where(carry.halted, 0, carry.steps)
+        current_data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
+                        for k, v in carry.current_data.items()}
+
+        inner_carry, logits, (q_halt_logits, q_continue_logits) = self.inner(inner_carry, current_data)
+        outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
+
+        with torch.no_grad():
+            steps = steps + 1
+            is_last_step = steps >= self.config.halt_max_steps
+            halted = is_last_step
+            if self.training and self.config.halt_max_steps > 1:
+                halted = halted | (q_halt_logits > q_continue_logits)
+                # Exploration: some sequences must run at least a random 2..halt_max_steps steps.
+                explore = torch.rand_like(q_halt_logits) < self.config.halt_exploration_prob
+                min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
+                halted = halted & (steps >= min_halt_steps)
+
+                # Bootstrapped Q target from one more step on the new carry.
+                _, _, (next_q_halt, next_q_continue) = self.inner(inner_carry, current_data)
+                outputs["target_q_continue"] = torch.sigmoid(
+                    torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
+
+        return ACTCarry(inner_carry, steps, halted, current_data), outputs

@@ -1,0 +1,89 @@
+"""Losses and the ACT loss head: stablemax / softmax cross entropy, Q-learning halting losses, metrics."""
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dataset.common import IGNORE_LABEL_ID
+from models.hrm import ACTCarry, Batch
+
+
+def stablemax(x: torch.Tensor) -> torch.Tensor:
+    """s(x) = 1/(1 - x) for x < 0, x + 1 otherwise: a softmax substitute that grows linearly, not exponentially."""
+    return torch.where(x < 0, 1 / (1 - x + 1e-30), x + 1)
+
+
+def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s_x = stablemax(x)
+    return torch.log(s_x / s_x.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
+    """Per-token loss in float64; ignored labels give 0."""
+    log_probs = log_stablemax(logits.to(torch.float64), dim=-1)
+    valid = labels != ignore_index
+    safe_labels = torch.where(valid, labels, 0).to(torch.long)
+    label_log_probs = torch.gather(log_probs, dim=-1, index=safe_labels.unsqueeze(-1)).squeeze(-1)
+    return -torch.where(valid, label_log_probs, 0)
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
+    """Per-token ordinary cross entropy in float32; ignored labels give 0."""
+    flat = F.cross_entropy(logits.to(torch.float32).view(-1, logits.shape[-1]), labels.to(torch.long).view(-1),
+                           ignore_index=ignore_index, reduction="none")
+    return flat.view(labels.shape)
+
+
+LOSS_FUNCTIONS = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
+
+
+class ACTLossHead(nn.Module):
+    """Wraps the ACT model: computes LM and Q losses and the halted sequences' metrics each call."""
+
+    def __init__(self, model: nn.Module, loss_type: str):
+        super().__init__()
+        if loss_type not in LOSS_FUNCTIONS:
+            raise ValueError(f"loss_type must be one of {sorted(LOSS_FUNCTIONS)}, got {loss_type!r}")
+        self.model = model
+        self.loss_fn = LOSS_FUNCTIONS[loss_type]
+
+    def initial_carry(self, batch: Batch) -> ACTCarry:
+        return self.model.initial_carry(batch)
+
+    def forward(self, carry: ACTCarry, batch: Batch, return_keys: Sequence[str] = ()
+                ) -> Tuple[ACTCarry, torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
+        new_carry, outputs = self.model(carry=carry, batch=batch)
+        labels = new_carry.current_data["labels"]
+
+        with torch.no_grad():
+            mask = labels != IGNORE_LABEL_ID
+            label_counts = mask.sum(-1)
+            divisor = label_counts.clamp_min(1).unsqueeze(-1)
+            is_correct = mask & (torch.argmax(outputs["logits"], dim=-1) == labels)
+            seq_is_correct = is_correct.sum(-1) == label_counts
+            # Metrics count only sequences that finished this call and have something to predict.
+            valid = new_carry.halted & (label_counts > 0)
+            metrics = {
+                "count": valid.sum(),
+                "accuracy": torch.where(valid, (is_correct.to(torch.float32) / divisor).sum(-1), 0).sum(),
+                "exact_accuracy": (valid & seq_is_correct).sum(),
+                "q_halt_accuracy": (valid & ((outputs["q_halt_logits"] >= 0) == seq_is_correct)).sum(),
+                "steps": torch.where(valid, new_carry.steps, 0).sum(),
+            }
+
+        lm_loss = (self.loss_fn(outputs["logits"], labels) / divisor).sum()
+        q_halt_loss = F.binary_cross_entropy_with_logits(
+            outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype), reduction="sum")
+        metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
+        q_continue_loss = 0
+        if "target_q_continue" in outputs:
+            q_continue_loss = F.binary_cross_entropy_with_logits(
+                outputs["q_continue_logits"], outputs["target_q_continue"], reduction="sum")
+            metrics["q_continue_loss"] = q_continue_loss.detach()
+
+        detached_outputs = {k: outputs[k].detach() for k in return_keys if k in outputs}
+        total_loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+        return new_carry, total_loss, metrics, detached_outputs, new_carry.halted.all()

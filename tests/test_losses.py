@@ -1,0 +1,114 @@
+"""Losses and loss-head metrics against float64 hand computations on crafted batches."""
+import math
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy
+
+IGNORE = -100
+
+
+def hand_stablemax_nll(row, label):
+    s = [1 / (1 - x) if x < 0 else x + 1 for x in row]
+    return -math.log(s[label] / sum(s))
+
+
+def hand_softmax_nll(row, label):
+    return -(row[label] - math.log(sum(math.exp(x) for x in row)))
+
+
+LOGITS = torch.tensor([[[2.0, -1.0, 0.5], [-3.0, -0.5, 0.0]],
+                       [[0.0, 0.0, 0.0], [1.5, 2.5, -2.0]]])
+LABELS = torch.tensor([[0, 2], [IGNORE, 1]])
+
+
+def test_stablemax_cross_entropy_against_hand_values():
+    loss = stablemax_cross_entropy(LOGITS, LABELS)
+    assert loss.dtype == torch.float64
+    for b in range(2):
+        for t in range(2):
+            label = int(LABELS[b, t])
+            expected = 0.0 if label == IGNORE else hand_stablemax_nll(LOGITS[b, t].tolist(), label)
+            assert abs(loss[b, t].item() - expected) < 1e-12
+
+
+def test_softmax_cross_entropy_against_hand_values():
+    loss = softmax_cross_entropy(LOGITS, LABELS)
+    assert loss.dtype == torch.float32
+    for b in range(2):
+        for t in range(2):
+            label = int(LABELS[b, t])
+            expected = 0.0 if label == IGNORE else hand_softmax_nll(LOGITS[b, t].tolist(), label)
+            assert abs(loss[b, t].item() - expected) < 1e-6
+
+
+class FixedACTModel(nn.Module):
+    """Stands in for the ACT model: returns crafted outputs and a crafted carry."""
+
+    def __init__(self, outputs, halted, steps, labels):
+        super().__init__()
+        self.outputs, self.halted, self.steps, self.labels = outputs, halted, steps, labels
+
+    def forward(self, carry, batch):
+        new_carry = SimpleNamespace(halted=self.halted, steps=self.steps, current_data={"labels": self.labels})
+        return new_carry, dict(self.outputs)
+
+
+def crafted_head(with_target):
+    # Vocabulary 3, 4 sequences of 3 tokens.
+    labels = torch.tensor([[0, 1, 2],                # all correct
+                           [0, 1, IGNORE],           # one of two correct
+                           [IGNORE, IGNORE, IGNORE],  # nothing to predict
+                           [2, 2, 2]])               # all correct but not halted
+    predictions = torch.tensor([[0, 1, 2], [0, 2, 0], [1, 1, 1], [2, 2, 2]])
+    logits = torch.nn.functional.one_hot(predictions, 3).float() * 4.0 - 1.0
+    outputs = {"logits": logits, "q_halt_logits": torch.tensor([1.0, 0.5, -2.0, -1.0]),
+               "q_continue_logits": torch.tensor([0.2, -0.3, 0.1, 0.7])}
+    if with_target:
+        outputs["target_q_continue"] = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    model = FixedACTModel(outputs, halted=torch.tensor([True, True, True, False]),
+                          steps=torch.tensor([3, 2, 5, 1], dtype=torch.int32), labels=labels)
+    return ACTLossHead(model, "stablemax_cross_entropy"), outputs, labels
+
+
+def bce(logit, target):
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_loss_head_metrics_and_losses_on_crafted_batch():
+    head, outputs, labels = crafted_head(with_target=True)
+    carry, loss, metrics, detached, all_halted = head(carry=None, batch={}, return_keys=["logits", "missing"])
+
+    # Halted with labels: sequences 0 and 1. Sequence 2 has no labels, sequence 3 did not halt.
+    assert int(metrics["count"]) == 2
+    assert abs(metrics["accuracy"].item() - (1.0 + 0.5)) < 1e-6
+    assert int(metrics["exact_accuracy"]) == 1
+    # q_halt >= 0 vs correctness: seq 0 (1.0, correct) right; seq 1 (0.5, wrong) wrong.
+    assert int(metrics["q_halt_accuracy"]) == 1
+    assert int(metrics["steps"]) == 3 + 2
+    assert not bool(all_halted)
+    assert set(detached) == {"logits"} and not detached["logits"].requires_grad
+
+    logits = outputs["logits"]
+    lm = 0.0
+    for b in range(4):
+        valid = [t for t in range(3) if labels[b, t] != IGNORE]
+        token_losses = [hand_stablemax_nll(logits[b, t].tolist(), int(labels[b, t])) for t in valid]
+        lm += sum(token_losses) / max(len(valid), 1)
+    seq_correct = [1.0, 0.0, 1.0, 1.0]  # a sequence without labels counts as correct (0 == 0)
+    q_halt = sum(bce(outputs["q_halt_logits"][b].item(), seq_correct[b]) for b in range(4))
+    q_cont = sum(bce(outputs["q_continue_logits"][b].item(), outputs["target_q_continue"][b].item()) for b in range(4))
+    assert abs(metrics["lm_loss"].item() - lm) < 1e-9
+    assert abs(metrics["q_halt_loss"].item() - q_halt) < 1e-5
+    assert abs(metrics["q_continue_loss"].item() - q_cont) < 1e-5
+    assert abs(loss.item() - (lm + 0.5 * (q_halt + q_cont))) < 1e-5
+
+
+def test_loss_head_without_target_has_no_continue_loss():
+    head, outputs, _ = crafted_head(with_target=False)
+    _, loss, metrics, _, _ = head(carry=None, batch={})
+    assert "q_continue_loss" not in metrics
+    torch.testing.assert_close(loss, metrics["lm_loss"] + 0.5 * metrics["q_halt_loss"].double())
