@@ -1,0 +1,204 @@
+"""Puzzle dataset loader: streams a dataset folder as (set name, batch, global batch size) tuples, with the
+reference release's sampling order, rank slicing and padding."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import pydantic
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dataset.common import DATASET_FIELDS, IGNORE_LABEL_ID, PuzzleDatasetMetadata, load_metadata
+
+# Token arrays can be gigabytes (ARC with 1000 augmentations): memory-map them; the index arrays are small
+# and read on every draw, so they are loaded fully.
+MEMORY_MAPPED_FIELDS = ("inputs", "labels")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset folder that is missing or not in the puzzle dataset format; the message names the path."""
+
+
+class PuzzleDatasetConfig(pydantic.BaseModel):
+    seed: int
+    dataset_path: str
+    global_batch_size: int
+    test_set_mode: bool
+    epochs_per_iter: int  # epochs of group order drawn per pass over the dataset
+    rank: int
+    num_replicas: int
+
+
+def load_split_metadata(dataset_path: str, split: str) -> PuzzleDatasetMetadata:
+    """Read `<dataset_path>/<split>/dataset.json`; a missing or malformed file is a DatasetFormatError."""
+    split_dir = os.path.join(dataset_path, split)
+    metadata_path = os.path.join(split_dir, "dataset.json")
+    if not os.path.isdir(dataset_path):
+        raise DatasetFormatError(f"{dataset_path}: dataset folder not found")
+    if not os.path.isdir(split_dir):
+        raise DatasetFormatError(f"{split_dir}: split folder not found")
+    if not os.path.isfile(metadata_path):
+        raise DatasetFormatError(f"{metadata_path}: file not found")
+    try:
+        return load_metadata(dataset_path, split)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "top level"
+        raise DatasetFormatError(f"{metadata_path}: malformed metadata, {field}: {first['msg']}") from None
+    except (ValueError, TypeError) as e:  # invalid JSON, or JSON that is not an object
+        message = str(e).splitlines()[0]
+        raise DatasetFormatError(f"{metadata_path}: malformed metadata, {message}") from None
+
+
+def draw_global_batch(order_rng: np.random.Generator, subset_rng: np.random.Generator, group_order: np.ndarray,
+                      position: int, puzzle_indices: np.ndarray, group_indices: np.ndarray,
+                      global_batch_size: int) -> Tuple[int, np.ndarray, np.ndarray]:
+    """Fill one global batch by walking `group_order` from `position`.
+
+    Each group taken contributes one random puzzle (drawn from `order_rng`, as the reference does) and a
+    random subset of that puzzle's examples (drawn from `subset_rng`, so the order stream never shifts).
+    Returns the next position, the example indices and the puzzle index of each example; the batch is short
+    only when the order ran out.
+    """
+    example_ids, puzzle_ids = [], []
+    batch_size = 0
+    while position < len(group_order) and batch_size < global_batch_size:
+        group = group_order[position]
+        position += 1
+        puzzle = order_rng.integers(group_indices[group], group_indices[group + 1])
+        puzzle_start = puzzle_indices[puzzle]
+        puzzle_size = int(puzzle_indices[puzzle + 1] - puzzle_start)
+        append_size = min(puzzle_size, global_batch_size - batch_size)
+        # First append_size entries of a permutation: a subset without replacement, in random order.
+        example_ids.append(puzzle_start + subset_rng.permutation(puzzle_size)[:append_size])
+        puzzle_ids.append(np.full(append_size, puzzle))
+        batch_size += append_size
+    return position, np.concatenate(example_ids), np.concatenate(puzzle_ids)
+
+
+class PuzzleDataset(IterableDataset):
+    """One split of a dataset folder, yielding `(set_name, batch, global_effective_batch_size)`.
+
+    `batch` holds int32 tensors `inputs` and `labels` [local_batch_size, seq_len] and `puzzle_identifiers`
+    [local_batch_size] for this rank. Training passes sample groups in a seeded random order and drop the
+    final short batch; test passes walk every example in order and pad the last batch.
+    """
+
+    def __init__(self, config: PuzzleDatasetConfig, split: str = "train"):
+        super().__init__()
+        if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
+            raise ValueError(f"rank {config.rank} must lie in 0..num_replicas-1 (num_replicas {config.num_replicas})")
+        if config.global_batch_size < 1 or config.global_batch_size % config.num_replicas != 0:
+            raise ValueError(f"global_batch_size {config.global_batch_size} must be a positive multiple of "
+                             f"num_replicas {config.num_replicas}")
+        if config.epochs_per_iter < 1:
+            raise ValueError(f"epochs_per_iter must be at least 1, got {config.epochs_per_iter}")
+        self.config = config
+        self.split = split
+        self.local_batch_size = config.global_batch_size // config.num_replicas
+        self.metadata = load_split_metadata(config.dataset_path, split)
+        self.array_paths = {
+            set_name: {field: os.path.join(config.dataset_path, split, f"{set_name}__{field}.npy")
+                       for field in DATASET_FIELDS}
+            for set_name in self.metadata.sets}
+        # Checked here, not at the lazy load, so the error appears in the caller's process, not a worker's.
+        for paths in self.array_paths.values():
+            for path in paths.values():
+                if not os.path.isfile(path):
+                    raise DatasetFormatError(f"{path}: file not found")
+        self.arrays: Optional[Dict[str, Dict[str, np.ndarray]]] = None  # loaded on first iteration
+        # Training passes so far (one per set), seeding each pass's order; it persists across passes of this
+        # object (e.g. in a persistent DataLoader worker) so every round draws a new order.
+        self.iters = 0
+
+    def _load_arrays(self) -> None:
+        if self.arrays is not None:
+            return
+        self.arrays = {}
+        for set_name, paths in self.array_paths.items():
+            self.arrays[set_name] = {}
+            for field, path in paths.items():
+                try:
+                    array = np.load(path, mmap_mode="r" if field in MEMORY_MAPPED_FIELDS else None)
+                except (OSError, ValueError) as e:
+                    raise DatasetFormatError(f"{path}: cannot read array ({str(e).splitlines()[0]})") from None
+                self.arrays[set_name][field] = array
+
+    def _collate(self, inputs: np.ndarray, labels: np.ndarray,
+                 puzzle_identifiers: np.ndarray) -> Dict[str, torch.Tensor]:
+        # astype copies, so the in-place label mapping never touches the read-only memory map.
+        batch = {"inputs": inputs.astype(np.int32), "labels": labels.astype(np.int32),
+                 "puzzle_identifiers": puzzle_identifiers.astype(np.int32)}
+        if self.metadata.ignore_label_id is not None:
+            batch["labels"][batch["labels"] == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
+        pad_size = self.local_batch_size - len(batch["puzzle_identifiers"])
+        if pad_size > 0:
+            pad_values = {"inputs": self.metadata.pad_id, "labels": IGNORE_LABEL_ID,
+                          "puzzle_identifiers": self.metadata.blank_identifier_id}
+            batch = {name: np.pad(array, [(0, pad_size)] + [(0, 0)] * (array.ndim - 1),
+                                  constant_values=pad_values[name])
+                     for name, array in batch.items()}
+        return {name: torch.from_numpy(array) for name, array in batch.items()}
+
+    def _iter_train(self) -> Iterator[Tuple[str, Dict[str, torch.Tensor], int]]:
+        config = self.config
+        rank_rows = slice(config.rank * self.local_batch_size, (config.rank + 1) * self.local_batch_size)
+        for set_name, arrays in self.arrays.items():
+            self.iters += 1
+            order_rng = np.random.Generator(np.random.Philox(seed=config.seed + self.iters))
+            subset_rng = np.random.default_rng([config.seed, self.iters])
+            num_groups = len(arrays["group_indices"]) - 1
+            group_order = np.concatenate([order_rng.permutation(num_groups) for _ in range(config.epochs_per_iter)])
+            position = 0
+            while position < len(group_order):
+                position, example_ids, puzzle_ids = draw_global_batch(
+                    order_rng, subset_rng, group_order, position, arrays["puzzle_indices"], arrays["group_indices"],
+                    config.global_batch_size)
+                if len(example_ids) < config.global_batch_size:
+                    break  # drop the final short batch
+                example_ids, puzzle_ids = example_ids[rank_rows], puzzle_ids[rank_rows]
+                batch = self._collate(arrays["inputs"][example_ids], arrays["labels"][example_ids],
+                                      arrays["puzzle_identifiers"][puzzle_ids])
+                yield set_name, batch, config.global_batch_size
+
+    def _iter_test(self) -> Iterator[Tuple[str, Dict[str, torch.Tensor], int]]:
+        config = self.config
+        for set_name, arrays in self.arrays.items():
+            num_examples = len(arrays["inputs"])
+            for start in range(0, num_examples, config.global_batch_size):
+                end = min(start + config.global_batch_size, num_examples)
+                local_start = start + config.rank * self.local_batch_size
+                local_end = min(start + (config.rank + 1) * self.local_batch_size, end)  # may be <= local_start
+                example_ids = np.arange(local_start, local_end)
+                puzzle_ids = np.searchsorted(arrays["puzzle_indices"], example_ids, side="right") - 1
+                batch = self._collate(arrays["inputs"][local_start:local_end], arrays["labels"][local_start:local_end],
+                                      arrays["puzzle_identifiers"][puzzle_ids])
+                yield set_name, batch, end - start
+
+    def __iter__(self) -> Iterator[Tuple[str, Dict[str, torch.Tensor], int]]:
+        worker = get_worker_info()
+        if worker is not None and worker.num_workers != 1:
+            raise RuntimeError(f"PuzzleDataset supports at most one DataLoader worker, got {worker.num_workers}: "
+                               "each worker would yield the same batches")
+        self._load_arrays()
+        if self.config.test_set_mode:
+            yield from self._iter_test()
+        else:
+            yield from self._iter_train()
+
+
+def create_dataloader(dataset_path: str, split: str, *, seed: int, global_batch_size: int, test_set_mode: bool,
+                      epochs_per_iter: int, rank: int, world_size: int,
+                      pin_memory: Optional[bool] = None) -> Tuple[DataLoader, PuzzleDatasetMetadata]:
+    """A DataLoader over one split with one persistent worker (it keeps the round counter between passes)."""
+    config = PuzzleDatasetConfig(seed=seed, dataset_path=dataset_path, global_batch_size=global_batch_size,
+                                 test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=rank,
+                                 num_replicas=world_size)
+    dataset = PuzzleDataset(config, split=split)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=8, pin_memory=pin_memory,
+                        persistent_workers=True)
+    return loader, dataset.metadata
