@@ -1,0 +1,76 @@
+"""The training config: reference keys and defaults plus this project's additions, validated at start-up."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import coolname
+import pydantic
+
+from models import validate_arch
+from models.config_validation import validate_config
+
+
+class PretrainConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    # Reference keys (names and defaults as in the reference `all_config.yaml`).
+    arch: Dict[str, Any]
+    data_path: str
+    global_batch_size: int = pydantic.Field(gt=0)
+    epochs: int = pydantic.Field(gt=0)
+    lr: float = pydantic.Field(ge=0)
+    lr_min_ratio: float = pydantic.Field(ge=0, le=1)
+    lr_warmup_steps: int = pydantic.Field(ge=0)
+    weight_decay: float = pydantic.Field(ge=0)
+    beta1: float = pydantic.Field(ge=0, lt=1)
+    beta2: float = pydantic.Field(ge=0, lt=1)
+    puzzle_emb_lr: float = pydantic.Field(ge=0)
+    puzzle_emb_weight_decay: float = pydantic.Field(ge=0)
+    project_name: Optional[str] = None
+    run_name: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+    seed: int = 0
+    checkpoint_every_eval: bool = False
+    eval_interval: Optional[int] = pydantic.Field(None, gt=0)
+    eval_save_outputs: List[str] = []
+
+    # Additions.
+    compile: bool = pydantic.Field(True, description="torch.compile the model on CUDA (DISABLE_COMPILE=1 also turns it off)")
+    log_interval: int = pydantic.Field(10, gt=0, description="steps between logged (host-synchronised) metrics")
+    checkpoint_interval: Optional[int] = pydantic.Field(None, gt=0, description="steps between full training-state saves, besides each evaluation")
+    resume: Optional[str] = pydantic.Field(None, description="run folder or training-state file to continue from")
+    data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")
+    auto_build_data: bool = pydantic.Field(False, description="run data_build_command when data_path is missing")
+
+    @pydantic.model_validator(mode="after")
+    def _eval_interval_divides_epochs(self) -> "PretrainConfig":
+        if self.eval_interval is not None and self.epochs % self.eval_interval != 0:
+            raise ValueError(f"eval_interval ({self.eval_interval}) must divide epochs ({self.epochs})")
+        return self
+
+    @property
+    def epochs_per_round(self) -> int:
+        """Epochs between evaluations."""
+        return self.eval_interval if self.eval_interval is not None else self.epochs
+
+    @property
+    def num_rounds(self) -> int:
+        return self.epochs // self.epochs_per_round
+
+
+def load_config(values: Dict[str, Any]) -> PretrainConfig:
+    """Validate a raw config (from Hydra or an `all_config.yaml`), arch included, and fill in names.
+
+    Any unknown, missing or ill-typed key raises ConfigError naming it.
+    """
+    config = validate_config(PretrainConfig, values, prefix="config")
+    # Check the arch with placeholder dataset sizes now, so a typo fails before any data is read.
+    validate_arch(config.arch)
+    if config.project_name is None:
+        config.project_name = f"{os.path.basename(os.path.normpath(config.data_path)).capitalize()} ACT-torch"
+    if config.run_name is None:
+        config.run_name = f"{str(config.arch.get('name')).split('@')[-1]} {coolname.generate_slug(2)}"
+    if config.checkpoint_path is None:
+        config.checkpoint_path = os.path.join("checkpoints", config.project_name, config.run_name)
+    return config

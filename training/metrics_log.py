@@ -1,0 +1,75 @@
+"""Metric sinks of the main rank: Weights & Biases, `metrics.jsonl` in the run folder, and the progress bar."""
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import time
+from typing import Any, Dict, Optional
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _wandb_credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode() -> str:
+    """`WANDB_MODE` when set; otherwise online if credentials exist, else offline (never a login prompt)."""
+    return os.environ.get("WANDB_MODE") or ("online" if _wandb_credentials_present() else "offline")
+
+
+def _to_number(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class MetricsLogger:
+    """Writes every logged figure to W&B and `metrics.jsonl`, and drives a tqdm bar with loss and steps/s."""
+
+    def __init__(self, run_dir: str, project: str, run_name: str, config: Dict[str, Any], total_steps: int,
+                 initial_step: int = 0):
+        os.makedirs(run_dir, exist_ok=True)
+        self.jsonl = open(os.path.join(run_dir, METRICS_FILE), "a")
+        self.wandb_run = None
+        mode = wandb_mode()
+        if mode != "disabled":
+            import wandb
+            try:
+                self.wandb_run = wandb.init(project=project, name=run_name, config=config, mode=mode, dir=run_dir,
+                                            settings=wandb.Settings(x_disable_stats=True, init_timeout=60))
+            except Exception as e:  # an unreachable server must not stop training
+                print(f"W&B unavailable ({type(e).__name__}: {e}); logging to {METRICS_FILE} only")
+        self.progress = tqdm.tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True)
+        self.last_time, self.last_step = time.perf_counter(), initial_step
+
+    def log(self, metrics: Dict[str, Any], step: int) -> None:
+        metrics = {k: _to_number(v) for k, v in metrics.items()}
+        now = time.perf_counter()
+        if step > self.last_step and "train/lm_loss" in metrics:
+            metrics["train/steps_per_second"] = (step - self.last_step) / (now - self.last_time)
+            self.last_time, self.last_step = now, step
+            self.progress.set_postfix(loss=f"{metrics['train/lm_loss']:.4f}",
+                                      steps_per_s=f"{metrics['train/steps_per_second']:.2f}")
+        self.progress.update(step - self.progress.n)
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.jsonl.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def flatten_eval_metrics(metrics: Optional[Dict[str, Dict[str, float]]]) -> Dict[str, float]:
+    """`{set: {name: value}}` -> `{"<set>/<name>": value}` as logged."""
+    return {f"{set_name}/{name}": value for set_name, values in (metrics or {}).items() for name, value in values.items()}

@@ -1,0 +1,36 @@
+"""The two optimizers of HRM and the learning-rate schedule they share."""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from models.adam_atan2 import AdamATan2
+from models.sparse_embedding import SparseEmbeddingSignSGD
+
+
+def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up, then a half cosine from `base_lr` down to `min_ratio * base_lr` at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * (min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))))
+
+
+def build_optimizers(model: nn.Module, config, world_size: int) -> Tuple[List[torch.optim.Optimizer], List[float]]:
+    """Sign-SGD for the puzzle embedding (when the model has one) and Adam-atan2 for every parameter.
+
+    Returns the optimizers and their base learning rates; the schedule sets the actual rate every step.
+    """
+    optimizers, base_lrs = [], []
+    inner = model.model.inner
+    if hasattr(inner, "puzzle_emb"):
+        optimizers.append(SparseEmbeddingSignSGD(inner.puzzle_emb.buffers(), lr=0,
+                                                 weight_decay=config.puzzle_emb_weight_decay, world_size=world_size))
+        base_lrs.append(config.puzzle_emb_lr)
+    optimizers.append(AdamATan2(model.parameters(), lr=0, weight_decay=config.weight_decay,
+                                betas=(config.beta1, config.beta2)))
+    base_lrs.append(config.lr)
+    return optimizers, base_lrs
