@@ -199,6 +199,8 @@ def create_dataloader(dataset_path: str, split: str, *, seed: int, global_batch_
     dataset = PuzzleDataset(config, split=split)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    # The loader's own generator keeps its worker seeding off the global torch RNG, which training resumes
+    # from a checkpoint: otherwise the first iteration after a resume would shift every later random draw.
     loader = DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=8, pin_memory=pin_memory,
-                        persistent_workers=True)
+                        persistent_workers=True, generator=torch.Generator().manual_seed(seed))
     return loader, dataset.metadata
