@@ -324,3 +324,19 @@ def test_seeded_construction_is_deterministic():
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert isinstance(a.model, HierarchicalReasoningModelACT) and isinstance(a.model.inner.empty_carry(1, "cpu"), InnerCarry)
+
+
+@pytest.mark.cuda
+def test_bfloat16_forward_backward_on_cuda_with_every_installed_kernel():
+    from models.attention import installed_backends
+    batch = {k: v.cuda() for k, v in tiny_batch().items()}
+    reference_logits = None
+    for backend in installed_backends()[::-1]:  # sdpa first
+        model = tiny_model(forward_dtype="bfloat16", attention_backend=backend).cuda()
+        model.train()
+        carry, loss, _, outputs, _ = model(carry=model.initial_carry(batch), batch=batch, return_keys=["logits"])
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+        if reference_logits is None:
+            reference_logits = outputs["logits"].float()
+        torch.testing.assert_close(outputs["logits"].float(), reference_logits, rtol=5e-2, atol=5e-2)

@@ -1,0 +1,484 @@
+"""Build an ARC dataset (ARC-AGI-1, ARC-AGI-2, ConceptARC) in the puzzle dataset format.
+
+Reproduces the reference ARC builder draw for draw: one `np.random.seed(seed)`, then every random choice
+from numpy's global generator in the reference's order (puzzle shuffles, augmentation trials, then the
+per-puzzle kept-in-place example and canvas offsets while writing).
+
+Inputs, one of:
+  --dataset-dirs DIR ...   folders of subfolders (`training`, `evaluation`, ...) of `<id>.json` puzzles
+                           with "train" and "test" lists of {"input", "output"} (ARC-AGI repository layout).
+  --input-file-prefix P --subsets S ...
+                           challenge/solution pairs `P_<S>_challenges.json` + `P_<S>_solutions.json`;
+                           each subset acts as a subfolder named S.
+  --preset arc-1 | arc-2   the shared ARC files with the published subsets; explicit flags override it.
+
+Puzzles of the subfolder named `--test-set-name` send their test pairs to the test split and their
+demonstrations to train; every other puzzle goes to train whole (demonstrations, then test pairs).
+A subset whose solutions file is missing has unknown test outputs: its test pairs are left out of the
+splits (with a warning) but still listed, inputs only, in `test_puzzles.json`.
+
+Besides the usual folder layout, `test_puzzles.json` at the dataset root maps every original puzzle with
+test pairs to its demonstrations and test pairs as plain lists, for voting and scoring later.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, dihedral_transform,
+                            run_builder, save_identifiers, save_split)
+
+GRID_SIZE = 30
+SEQ_LEN = GRID_SIZE * GRID_SIZE
+PAD_TOKEN = 0
+END_TOKEN = 1
+COLOUR_OFFSET = 2  # colour c is token c + 2
+VOCAB_SIZE = 10 + COLOUR_OFFSET
+NUM_DIHEDRAL = 8
+AUGMENT_TRIES_PER_VERSION = 5
+
+SPLITS = ("train", "test")
+TRAIN_DESTINATION = ("train", "all")
+TEST_DESTINATION = ("test", "all")
+
+DEFAULT_DATASET_DIRS = ["dataset/raw-data/ARC-AGI/data", "dataset/raw-data/ConceptARC/corpus"]
+DEFAULT_OUTPUT_DIR = "data/arc-aug-1000"
+DEFAULT_TEST_SET_NAME = "evaluation"
+SHARED_ARC_PREFIX = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "arc", "arc-agi"))
+PRESETS = {
+    "arc-1": dict(input_file_prefix=SHARED_ARC_PREFIX, subsets=["training", "evaluation", "concept"],
+                  test_set_name="evaluation", output_dir="data/arc-aug-1000"),
+    "arc-2": dict(input_file_prefix=SHARED_ARC_PREFIX, subsets=["training2", "evaluation2"],
+                  test_set_name="evaluation2", output_dir="data/arc-2-aug-1000"),
+}
+
+Pair = Tuple[np.ndarray, np.ndarray]
+Destination = Tuple[str, str]  # (split, set)
+
+
+@dataclass
+class SourcePuzzle:
+    name: str
+    origin: str  # where it came from, for messages
+    demos: List[Pair]
+    tests: List[Tuple[np.ndarray, Optional[np.ndarray]]]  # output None when unknown
+
+
+@dataclass
+class AugmentedPuzzle:
+    name: str
+    examples: Dict[Destination, List[Pair]]
+    versions: List[Tuple[int, np.ndarray]]  # (dihedral id, colour map); versions[0] is the original
+
+    def version_name(self, index: int) -> str:
+        if index == 0:
+            return self.name
+        transform_id, colour_map = self.versions[index]
+        return f"{self.name}_t{transform_id}_{''.join(str(c) for c in colour_map)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading puzzles
+
+def parse_grid(grid, where: str) -> np.ndarray:
+    try:
+        array = np.array(grid)
+    except ValueError:
+        raise DatasetBuildError(f"{where}: grid rows have different lengths") from None
+    if array.ndim != 2 or array.dtype.kind not in "iu":
+        raise DatasetBuildError(f"{where}: grid must be a 2-D list of integers")
+    if not (1 <= array.shape[0] <= GRID_SIZE and 1 <= array.shape[1] <= GRID_SIZE):
+        raise DatasetBuildError(f"{where}: grid is {array.shape[0]}x{array.shape[1]}, sides must be 1..{GRID_SIZE}")
+    if array.min() < 0 or array.max() > 9:
+        raise DatasetBuildError(f"{where}: grid values must be colours 0..9, got {array.min()}..{array.max()}")
+    return array.astype(np.uint8)
+
+
+def parse_puzzle(data, default_name: str, where: str, test_outputs: Optional[list] = None) -> SourcePuzzle:
+    """Check and convert one puzzle; test outputs come from `test_outputs` when given, else from the pairs."""
+    if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(data.get("test"), list):
+        raise DatasetBuildError(f"{where}: a puzzle needs \"train\" and \"test\" lists")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise DatasetBuildError(f"{where}: \"name\" must be a non-empty string")
+    if test_outputs is not None and len(test_outputs) != len(data["test"]):
+        raise DatasetBuildError(f"{where}: {len(test_outputs)} solutions for {len(data['test'])} test inputs")
+
+    def example(kind: str, index: int) -> dict:
+        entry = data[kind][index]
+        if not isinstance(entry, dict) or "input" not in entry:
+            raise DatasetBuildError(f"{where}, {kind} example {index}: needs an \"input\" grid")
+        return entry
+
+    demos = []
+    for index in range(len(data["train"])):
+        entry = example("train", index)
+        if "output" not in entry:
+            raise DatasetBuildError(f"{where}, train example {index}: needs an \"output\" grid")
+        demos.append((parse_grid(entry["input"], f"{where}, train example {index} input"),
+                      parse_grid(entry["output"], f"{where}, train example {index} output")))
+    tests = []
+    for index in range(len(data["test"])):
+        entry = example("test", index)
+        output = test_outputs[index] if test_outputs is not None else entry.get("output")
+        tests.append((parse_grid(entry["input"], f"{where}, test example {index} input"),
+                      None if output is None else parse_grid(output, f"{where}, test example {index} output")))
+    return SourcePuzzle(name, where, demos, tests)
+
+
+def read_json(path: str):
+    if not os.path.isfile(path):
+        raise DatasetBuildError(f"{path}: file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetBuildError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_puzzle_folders(dataset_dir: str) -> List[Tuple[str, List[SourcePuzzle]]]:
+    """Subfolders of `dataset_dir` in name order, each with its `<id>.json` puzzles in file-name order."""
+    if not os.path.isdir(dataset_dir):
+        raise DatasetBuildError(f"{dataset_dir}: dataset folder not found")
+    subfolders = sorted(entry.name for entry in os.scandir(dataset_dir) if entry.is_dir())
+    loaded = []
+    for subfolder in subfolders:
+        puzzles = []
+        for path in sorted(glob.glob(os.path.join(dataset_dir, subfolder, "*.json"))):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            puzzles.append(parse_puzzle(read_json(path), stem, path))
+        loaded.append((subfolder, puzzles))
+    return loaded
+
+
+def load_challenge_files(prefix: str, subsets: List[str]) -> List[Tuple[str, List[SourcePuzzle]]]:
+    """Each subset's challenges (in file key order) with test outputs from its solutions file."""
+    loaded = []
+    for subset in subsets:
+        challenges_path = f"{prefix}_{subset}_challenges.json"
+        solutions_path = f"{prefix}_{subset}_solutions.json"
+        challenges = read_json(challenges_path)
+        if not isinstance(challenges, dict):
+            raise DatasetBuildError(f"{challenges_path}: must map puzzle ids to puzzles")
+        solutions = None
+        if os.path.exists(solutions_path):
+            solutions = read_json(solutions_path)
+            if not isinstance(solutions, dict):
+                raise DatasetBuildError(f"{solutions_path}: must map puzzle ids to lists of test outputs")
+        else:
+            tqdm.write(f"warning: {solutions_path} not found; test pairs of subset {subset!r} without an "
+                       f"output are left out of the splits", file=sys.stderr)
+        puzzles = []
+        for puzzle_id, data in challenges.items():
+            test_outputs = None
+            if solutions is not None:
+                if not isinstance(solutions.get(puzzle_id), list):
+                    raise DatasetBuildError(f"{solutions_path}: no list of test outputs for puzzle {puzzle_id}")
+                test_outputs = solutions[puzzle_id]
+            puzzles.append(parse_puzzle(data, puzzle_id, f"{challenges_path}, puzzle {puzzle_id}", test_outputs))
+        loaded.append((subset, puzzles))
+    return loaded
+
+
+def check_unique_names(sources: List[Tuple[str, List[SourcePuzzle]]]) -> None:
+    # Two puzzles sharing a name would share identifiers and clash in test_puzzles.json.
+    seen = {}
+    for _, puzzles in sources:
+        for puzzle in puzzles:
+            if puzzle.name in seen:
+                raise DatasetBuildError(f"puzzle name {puzzle.name!r} is used by both {seen[puzzle.name]} "
+                                        f"and {puzzle.origin}")
+            seen[puzzle.name] = puzzle.origin
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Augmentation
+
+def dihedral_variants(grid: np.ndarray) -> List[np.ndarray]:
+    """The grid under each of the 8 dihedral transforms, as contiguous arrays."""
+    return [np.ascontiguousarray(dihedral_transform(grid, t)) for t in range(NUM_DIHEDRAL)]
+
+
+def flatten_pairs(pairs: List[Pair], transform_id: int) -> Tuple[np.ndarray, list]:
+    """All grids of `pairs` under one dihedral transform in one flat buffer (so a colour map applies in one
+    step), with each pair's layout: (input shape bytes, input slice, label shape bytes, label slice)."""
+    pieces, layout, start = [], [], 0
+    for pair in pairs:
+        pair_layout = []
+        for grid in pair:
+            grid = dihedral_transform(grid, transform_id)
+            pieces.append(grid.ravel())
+            pair_layout += [bytes(grid.shape), slice(start, start + grid.size)]
+            start += grid.size
+        layout.append(tuple(pair_layout))
+    return np.concatenate(pieces), layout
+
+
+def version_key(flat_grids: np.ndarray, layout: list, colour_map: np.ndarray) -> tuple:
+    """Order-free key of a version's pairs: equal keys <=> the same multiset of (input, label) grids,
+    shapes included (what the reference's sorted-hash duplicate test detects)."""
+    data = colour_map[flat_grids].tobytes()
+    return tuple(sorted(input_shape + data[input_slice] + label_shape + data[label_slice]
+                        for input_shape, input_slice, label_shape, label_slice in layout))
+
+
+def augment(name: str, pairs: List[Pair], num_aug: int) -> List[Tuple[int, np.ndarray]]:
+    """The original plus up to `num_aug` distinct (dihedral id, colour map) versions of a puzzle."""
+    identity = np.arange(10, dtype=np.uint8)
+    versions = [(0, identity)]
+    if num_aug == 0:
+        return versions
+    flattened = [flatten_pairs(pairs, t) for t in range(NUM_DIHEDRAL)]
+    seen = {version_key(*flattened[0], identity)}
+    for _ in range(AUGMENT_TRIES_PER_VERSION * num_aug):
+        transform_id = np.random.randint(0, NUM_DIHEDRAL)
+        # Colour 0 (the background) keeps its colour; 1..9 are permuted.
+        colour_map = np.concatenate([np.zeros(1, dtype=np.uint8),
+                                     np.random.permutation(np.arange(1, 10, dtype=np.uint8))])
+        key = version_key(*flattened[transform_id], colour_map)
+        if key not in seen:
+            seen.add(key)
+            versions.append((transform_id, colour_map))
+        if len(versions) == num_aug + 1:
+            break
+    if len(versions) < num_aug + 1:
+        tqdm.write(f"warning: puzzle {name}: only {len(versions)} distinct versions of {num_aug + 1} wanted",
+                   file=sys.stderr)
+    return versions
+
+
+def convert_puzzle(puzzle: SourcePuzzle, test_destination: Destination, num_aug: int) -> AugmentedPuzzle:
+    examples = {}
+    examples.setdefault(TRAIN_DESTINATION, []).extend(puzzle.demos)
+    examples.setdefault(test_destination, []).extend((i, o) for i, o in puzzle.tests if o is not None)
+    # A destination without examples gets no puzzle (an empty puzzle has no place in the format).
+    examples = {destination: pairs for destination, pairs in examples.items() if pairs}
+    all_pairs = [pair for pairs in examples.values() for pair in pairs]
+    return AugmentedPuzzle(puzzle.name, examples, augment(puzzle.name, all_pairs, num_aug))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding
+
+def encode_grids(grids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Place same-shaped grids [B, rows, cols] on 30x30 canvases at top-left `offsets` [B, 2] -> [B, 900].
+
+    Colours become tokens c+2 and an end marker fills the row below and the column right of the grid
+    (the corner between them stays pad); markers falling off the canvas are dropped.
+    """
+    batch, num_rows, num_cols = grids.shape
+    tile = np.zeros((batch, num_rows + 1, num_cols + 1), dtype=np.uint8)
+    tile[:, :num_rows, :num_cols] = grids + COLOUR_OFFSET
+    tile[:, num_rows, :num_cols] = END_TOKEN
+    tile[:, :num_rows, num_cols] = END_TOKEN
+    # Canvases with one spare row and column, which catch the markers of grids touching the edge.
+    side = GRID_SIZE + 1
+    canvas = np.full((batch, side, side), PAD_TOKEN, dtype=np.uint8)
+    tile_positions = np.arange(num_rows + 1)[:, None] * side + np.arange(num_cols + 1)[None, :]
+    tile_starts = np.arange(batch) * side * side + offsets[:, 0] * side + offsets[:, 1]
+    canvas.reshape(-1)[tile_starts[:, None, None] + tile_positions] = tile
+    return canvas[:, :GRID_SIZE, :GRID_SIZE].reshape(batch, SEQ_LEN)
+
+
+def draw_offsets(example_variants: List[Tuple[List[np.ndarray], List[np.ndarray]]], transform_ids: np.ndarray,
+                 translate: bool) -> np.ndarray:
+    """Canvas offsets [versions, examples, 2] of one group, drawn in the reference's order.
+
+    Per version: the index of the example kept at (0, 0), then (row, col) offsets of the others in example
+    order. The kept index is drawn even where translation is off.
+    """
+    num_examples = len(example_variants)
+    # room[t, e] = number of possible (row, col) offsets of example e under transform t.
+    room = np.array([[[GRID_SIZE - max(inp[t].shape[axis], out[t].shape[axis]) + 1 for axis in (0, 1)]
+                      for inp, out in example_variants] for t in range(NUM_DIHEDRAL)])
+    shifted = [np.delete(np.arange(num_examples), kept) for kept in range(num_examples)]
+    offsets = np.zeros((len(transform_ids), num_examples, 2), dtype=np.int64)
+    for version, transform_id in enumerate(transform_ids):
+        kept = np.random.randint(0, num_examples)
+        if translate and num_examples > 1:
+            # One vectorised draw takes the same values as per-offset draws in row-major order.
+            offsets[version, shifted[kept]] = np.random.randint(0, room[transform_id, shifted[kept]])
+    return offsets
+
+
+def encode_group(puzzle: AugmentedPuzzle, pairs: List[Pair], translate: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels [versions * examples, 900] of every version of one puzzle's pairs, version-major."""
+    num_examples = len(pairs)
+    transform_ids = np.array([transform_id for transform_id, _ in puzzle.versions])
+    colour_maps = np.stack([colour_map for _, colour_map in puzzle.versions])
+    example_variants = [(dihedral_variants(inp), dihedral_variants(out)) for inp, out in pairs]
+    offsets = draw_offsets(example_variants, transform_ids, translate)
+    inputs = np.empty((len(transform_ids), num_examples, SEQ_LEN), dtype=np.uint8)
+    labels = np.empty_like(inputs)
+    # Colour maps commute with dihedral transforms, so each transform's versions are encoded in one batch.
+    for transform_id in np.unique(transform_ids):
+        versions = np.flatnonzero(transform_ids == transform_id)
+        version_maps = colour_maps[versions]
+        for example, (inp_variants, out_variants) in enumerate(example_variants):
+            example_offsets = offsets[versions, example]
+            inputs[versions, example] = encode_grids(version_maps[:, inp_variants[transform_id]], example_offsets)
+            labels[versions, example] = encode_grids(version_maps[:, out_variants[transform_id]], example_offsets)
+    return inputs.reshape(-1, SEQ_LEN), labels.reshape(-1, SEQ_LEN)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+def assign_identifiers(groups: Dict[str, Dict[str, list]]) -> Dict[str, int]:
+    """Identifier ids in order of first appearance over splits, sets, groups and versions; 0 is blank."""
+    identifiers = {"<blank>": 0}
+    for split in SPLITS:
+        for set_groups in groups.get(split, {}).values():
+            for puzzle, _ in set_groups:
+                for version in range(len(puzzle.versions)):
+                    identifiers.setdefault(puzzle.version_name(version), len(identifiers))
+    return identifiers
+
+
+def write_split(dataset_dir: str, split: str, set_groups: Dict[str, list], identifiers: Dict[str, int]) -> str:
+    """Encode and save one split; returns its summary."""
+    # Token arrays go to scratch memory maps (the full presets hold several GB) before save_split copies them.
+    scratch_dir = os.path.join(dataset_dir, f".scratch-{split}")
+    os.makedirs(scratch_dir)
+    translate = split == "train"
+    arrays, split_identifiers = {}, set()
+    total_examples = total_puzzles = total_groups = 0
+    for set_name, groups in set_groups.items():
+        num_rows = sum(len(puzzle.versions) * len(pairs) for puzzle, pairs in groups)
+        inputs = open_memmap(os.path.join(scratch_dir, f"{set_name}__inputs.npy"), "w+", np.uint8, (num_rows, SEQ_LEN))
+        labels = open_memmap(os.path.join(scratch_dir, f"{set_name}__labels.npy"), "w+", np.uint8, (num_rows, SEQ_LEN))
+        puzzle_indices, group_indices, puzzle_identifiers = [0], [0], []
+        for puzzle, pairs in tqdm(groups, desc=f"encode {split}/{set_name}", unit="group"):
+            first_row = puzzle_indices[-1]
+            group_inputs, group_labels = encode_group(puzzle, pairs, translate)
+            inputs[first_row:first_row + len(group_inputs)] = group_inputs
+            labels[first_row:first_row + len(group_labels)] = group_labels
+            for version in range(len(puzzle.versions)):
+                puzzle_indices.append(puzzle_indices[-1] + len(pairs))
+                puzzle_identifiers.append(identifiers[puzzle.version_name(version)])
+            group_indices.append(len(puzzle_identifiers))
+        arrays[set_name] = dict(inputs=inputs, labels=labels,
+                                puzzle_identifiers=np.array(puzzle_identifiers, dtype=np.int32),
+                                puzzle_indices=np.array(puzzle_indices, dtype=np.int32),
+                                group_indices=np.array(group_indices, dtype=np.int32))
+        split_identifiers.update(puzzle_identifiers)
+        total_examples += num_rows
+        total_puzzles += len(puzzle_identifiers)
+        total_groups += len(groups)
+    metadata = PuzzleDatasetMetadata(
+        pad_id=PAD_TOKEN, ignore_label_id=PAD_TOKEN, blank_identifier_id=0, vocab_size=VOCAB_SIZE,
+        seq_len=SEQ_LEN, num_puzzle_identifiers=len(identifiers), total_groups=total_groups,
+        mean_puzzle_examples=total_examples / total_puzzles, sets=list(set_groups))
+    save_split(dataset_dir, split, metadata, arrays)
+    shutil.rmtree(scratch_dir)
+    return (f"{total_examples} examples, {total_puzzles} puzzles, {total_groups} groups, "
+            f"{len(split_identifiers)} identifiers (of {len(identifiers)} with <blank>)")
+
+
+def grid_pairs_to_json(pairs) -> list:
+    return [{"input": inp.tolist(), **({} if out is None else {"output": out.tolist()})} for inp, out in pairs]
+
+
+def save_test_puzzles(dataset_dir: str, sources: List[Tuple[str, List[SourcePuzzle]]]) -> None:
+    test_puzzles = {puzzle.name: {"train": grid_pairs_to_json(puzzle.demos), "test": grid_pairs_to_json(puzzle.tests)}
+                    for _, puzzles in sources for puzzle in puzzles if puzzle.tests}
+    with open(os.path.join(dataset_dir, "test_puzzles.json"), "w") as f:
+        json.dump(dict(sorted(test_puzzles.items())), f)
+
+
+def build(sources: List[Tuple[str, List[SourcePuzzle]]], output_dir: str, test_set_name: str, seed: int,
+          num_aug: int, overwrite: bool = False) -> None:
+    """Convert loaded puzzles (subfolder name, puzzles in load order) into a dataset folder."""
+    if num_aug < 0:
+        raise DatasetBuildError(f"--num-aug must be >= 0, got {num_aug}")
+    if not any(puzzles for _, puzzles in sources):
+        raise DatasetBuildError("no puzzles found in the inputs")
+    check_unique_names(sources)
+    np.random.seed(seed)
+    with atomic_output_dir(output_dir, overwrite) as dataset_dir:
+        groups: Dict[str, Dict[str, list]] = {}
+        for subfolder, puzzles in sources:
+            unknown_tests = sum(output is None for puzzle in puzzles for _, output in puzzle.tests)
+            if unknown_tests:
+                tqdm.write(f"warning: {subfolder}: {unknown_tests} test pairs without an output are left out",
+                           file=sys.stderr)
+            test_destination = TEST_DESTINATION if subfolder == test_set_name else TRAIN_DESTINATION
+            order = list(range(len(puzzles)))
+            np.random.shuffle(order)
+            for index in tqdm(order, desc=f"augment {subfolder}", unit="puzzle"):
+                puzzle = convert_puzzle(puzzles[index], test_destination, num_aug)
+                for (split, set_name), pairs in puzzle.examples.items():
+                    groups.setdefault(split, {}).setdefault(set_name, []).append((puzzle, pairs))
+
+        identifiers = assign_identifiers(groups)
+        summaries = {split: write_split(dataset_dir, split, groups[split], identifiers)
+                     for split in SPLITS if split in groups}
+        save_identifiers(dataset_dir, list(identifiers))
+        save_test_puzzles(dataset_dir, sources)
+    for split, summary in summaries.items():
+        print(f"{split}: {summary} -> {os.path.join(os.path.abspath(output_dir), split)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="arc-1: ARC-AGI-1 training+evaluation+ConceptARC from the shared files; "
+                             "arc-2: ARC-AGI-2 training2+evaluation2. Explicit flags override its values.")
+    parser.add_argument("--dataset-dirs", nargs="+",
+                        help=f"folders of subfolders of <id>.json puzzles (default {' '.join(DEFAULT_DATASET_DIRS)})")
+    parser.add_argument("--input-file-prefix",
+                        help="read PREFIX_<subset>_challenges.json and PREFIX_<subset>_solutions.json instead")
+    parser.add_argument("--subsets", nargs="+", help="subsets to read with --input-file-prefix")
+    parser.add_argument("--test-set-name",
+                        help=f"subfolder/subset whose test pairs form the test split (default {DEFAULT_TEST_SET_NAME})")
+    parser.add_argument("--output-dir", help=f"dataset folder to write (default {DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--seed", type=int, default=42, help="numpy seed for shuffles and augmentation")
+    parser.add_argument("--num-aug", type=int, default=1000, help="augmented versions per puzzle (0: none)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+
+    if args.dataset_dirs and (args.preset or args.input_file_prefix or args.subsets):
+        raise DatasetBuildError("--dataset-dirs cannot be combined with --preset, --input-file-prefix or --subsets")
+    preset = PRESETS.get(args.preset, {})
+    for key in ("input_file_prefix", "subsets", "test_set_name", "output_dir"):
+        if getattr(args, key) is None and key in preset:
+            setattr(args, key, preset[key])
+    if args.subsets and not args.input_file_prefix:
+        raise DatasetBuildError("--subsets needs --input-file-prefix")
+    if args.input_file_prefix and not args.subsets:
+        raise DatasetBuildError("--input-file-prefix needs --subsets")
+    if not args.input_file_prefix and not args.dataset_dirs:
+        args.dataset_dirs = DEFAULT_DATASET_DIRS
+    args.test_set_name = args.test_set_name or DEFAULT_TEST_SET_NAME
+    args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.input_file_prefix:
+        sources = load_challenge_files(args.input_file_prefix, args.subsets)
+    else:
+        sources = [source for dataset_dir in args.dataset_dirs for source in load_puzzle_folders(dataset_dir)]
+    build(sources, args.output_dir, args.test_set_name, args.seed, args.num_aug, args.overwrite)
+
+
+if __name__ == "__main__":
+    run_builder(main)
