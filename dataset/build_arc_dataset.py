@@ -24,7 +24,6 @@ import argparse
 import glob
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -38,7 +37,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, dihedral_transform,
-                            run_builder, save_identifiers, save_split)
+                            run_builder, save_identifiers, save_split, split_file)
 
 GRID_SIZE = 30
 SEQ_LEN = GRID_SIZE * GRID_SIZE
@@ -349,16 +348,15 @@ def assign_identifiers(groups: Dict[str, Dict[str, list]]) -> Dict[str, int]:
 
 def write_split(dataset_dir: str, split: str, set_groups: Dict[str, list], identifiers: Dict[str, int]) -> str:
     """Encode and save one split; returns its summary."""
-    # Token arrays go to scratch memory maps (the full presets hold several GB) before save_split copies them.
-    scratch_dir = os.path.join(dataset_dir, f".scratch-{split}")
-    os.makedirs(scratch_dir)
+    # Token arrays are memory-mapped at their final paths: the full presets hold several GB.
+    os.makedirs(os.path.join(dataset_dir, split))
     translate = split == "train"
     arrays, split_identifiers = {}, set()
     total_examples = total_puzzles = total_groups = 0
     for set_name, groups in set_groups.items():
         num_rows = sum(len(puzzle.versions) * len(pairs) for puzzle, pairs in groups)
-        inputs = open_memmap(os.path.join(scratch_dir, f"{set_name}__inputs.npy"), "w+", np.uint8, (num_rows, SEQ_LEN))
-        labels = open_memmap(os.path.join(scratch_dir, f"{set_name}__labels.npy"), "w+", np.uint8, (num_rows, SEQ_LEN))
+        inputs = open_memmap(split_file(dataset_dir, split, set_name, "inputs"), "w+", np.uint8, (num_rows, SEQ_LEN))
+        labels = open_memmap(split_file(dataset_dir, split, set_name, "labels"), "w+", np.uint8, (num_rows, SEQ_LEN))
         puzzle_indices, group_indices, puzzle_identifiers = [0], [0], []
         for puzzle, pairs in tqdm(groups, desc=f"encode {split}/{set_name}", unit="group"):
             first_row = puzzle_indices[-1]
@@ -382,7 +380,6 @@ def write_split(dataset_dir: str, split: str, set_groups: Dict[str, list], ident
         seq_len=SEQ_LEN, num_puzzle_identifiers=len(identifiers), total_groups=total_groups,
         mean_puzzle_examples=total_examples / total_puzzles, sets=list(set_groups))
     save_split(dataset_dir, split, metadata, arrays)
-    shutil.rmtree(scratch_dir)
     return (f"{total_examples} examples, {total_puzzles} puzzles, {total_groups} groups, "
             f"{len(split_identifiers)} identifiers (of {len(identifiers)} with <blank>)")
 

@@ -138,6 +138,11 @@ def atomic_output_dir(output_dir: str, overwrite: bool = False) -> Iterator[str]
         raise
 
 
+def split_file(dataset_dir: str, split: str, set_name: str, field: str) -> str:
+    """Path of one array file; builders may write large arrays there in place with `open_memmap`."""
+    return os.path.join(dataset_dir, split, f"{set_name}__{field}.npy")
+
+
 def save_split(dataset_dir: str, split: str, metadata: PuzzleDatasetMetadata,
                sets: Dict[str, Dict[str, np.ndarray]]) -> None:
     """Write `<dataset_dir>/<split>/dataset.json` and each set's arrays after checking their layout."""
@@ -160,10 +165,13 @@ def save_split(dataset_dir: str, split: str, metadata: PuzzleDatasetMetadata,
         if len(arrays["puzzle_identifiers"]) != len(puzzle_indices) - 1:
             raise ValueError(f"set {set_name!r}: one puzzle identifier per puzzle expected")
         for field in DATASET_FIELDS:
-            array = arrays[field]
+            array, path = arrays[field], split_file(dataset_dir, split, set_name, field)
+            if isinstance(array, np.memmap) and os.path.abspath(array.filename) == os.path.abspath(path):
+                array.flush()  # a large array the builder wrote in place (see split_file)
+                continue
             if field not in ("inputs", "labels"):
                 array = np.asarray(array, dtype=np.int32)
-            np.save(os.path.join(split_dir, f"{set_name}__{field}.npy"), array)
+            np.save(path, array)
     with open(os.path.join(split_dir, "dataset.json"), "w") as f:
         json.dump(metadata.model_dump(), f)
 
