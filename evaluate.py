@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         runnable = model
         if ctx.device.type == "cuda" and config.compile and not args.no_compile and not os.environ.get("DISABLE_COMPILE"):
             runnable = torch.compile(model, dynamic=False)
-        state = TrainState(model=runnable, base_model=model, optimizers=[], base_lrs=[], total_steps=0)
+        state = TrainState(model=runnable, base_model=model, optimizers=[], total_steps=0)
 
         save_outputs = [k for k in args.save_outputs.split(",") if k]
         metrics = evaluate(state, loader, metadata, ctx, save_outputs, outputs_path=f"{args.checkpoint}_all_preds")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List
 
 import torch
 from torch import nn
@@ -19,18 +19,17 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int
     return base_lr * (min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))))
 
 
-def build_optimizers(model: nn.Module, config, world_size: int) -> Tuple[List[torch.optim.Optimizer], List[float]]:
+def build_optimizers(model: nn.Module, config, world_size: int) -> List[torch.optim.Optimizer]:
     """Sign-SGD for the puzzle embedding (when the model has one) and Adam-atan2 for every parameter.
 
-    Returns the optimizers and their base learning rates; the schedule sets the actual rate every step.
+    Each parameter group records its `base_lr`; the schedule sets the group's actual `lr` every step.
     """
-    optimizers, base_lrs = [], []
+    optimizers = []
     inner = model.model.inner
     if hasattr(inner, "puzzle_emb"):
         optimizers.append(SparseEmbeddingSignSGD(inner.puzzle_emb.buffers(), lr=0,
                                                  weight_decay=config.puzzle_emb_weight_decay, world_size=world_size))
-        base_lrs.append(config.puzzle_emb_lr)
-    optimizers.append(AdamATan2(model.parameters(), lr=0, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2)))
-    base_lrs.append(config.lr)
-    return optimizers, base_lrs
+        optimizers[-1].param_groups[0]["base_lr"] = config.puzzle_emb_lr
+    optimizers.append(AdamATan2([dict(params=list(model.parameters()), base_lr=config.lr)], lr=0,
+                                weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
+    return optimizers

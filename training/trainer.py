@@ -29,7 +29,6 @@ class TrainState:
     model: nn.Module  # what runs: the compiled wrapper when compiled
     base_model: nn.Module  # the plain module behind it
     optimizers: List[torch.optim.Optimizer]
-    base_lrs: List[float]
     total_steps: int
     step: int = 0
     rounds_done: int = 0
@@ -78,8 +77,7 @@ def create_train_state(config: PretrainConfig, metadata, ctx: DistributedContext
     model = base_model
     if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
         model = torch.compile(base_model, dynamic=False)
-    optimizers, base_lrs = build_optimizers(base_model, config, ctx.world_size)
-    return TrainState(model=model, base_model=base_model, optimizers=optimizers, base_lrs=base_lrs,
+    return TrainState(model=model, base_model=base_model, optimizers=build_optimizers(base_model, config, ctx.world_size),
                       total_steps=total_steps)
 
 
@@ -96,10 +94,10 @@ def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: Pretra
     ((1 / global_batch_size) * loss).backward()
     if ctx.world_size > 1:
         sum_gradients(state.base_model.parameters())
-    for optimizer, base_lr in zip(state.optimizers, state.base_lrs):
-        lr = learning_rate(state.step, base_lr, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio)
+    for optimizer in state.optimizers:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(state.step, group["base_lr"], config.lr_warmup_steps, state.total_steps,
+                                        config.lr_min_ratio)
         optimizer.step()
         optimizer.zero_grad()
     return metrics
