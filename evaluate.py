@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         metrics = evaluate(state, loader, metadata, ctx, save_outputs, outputs_path=f"{args.checkpoint}_all_preds")
         if ctx.is_main:
             print(json.dumps(metrics, indent=2))
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

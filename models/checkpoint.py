@@ -1,13 +1,15 @@
 """Loading model weights from our checkpoints or the reference release's, compiled or not."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Union
+from typing import Dict, List, Mapping, Union
 
 import torch
 from torch import nn
 
 # torch.compile wraps the module and prefixes every state-dict key with this.
 COMPILED_PREFIX = "_orig_mod."
+# Keys of routing controllers contain this (`model.inner.<level>.router.`).
+ROUTER_KEY_MARKER = ".router."
 
 
 def strip_compiled_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -25,11 +27,18 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return strip_compiled_prefix(state_dict)
 
 
-def load_model_weights(model: nn.Module, source: Union[str, Mapping[str, torch.Tensor]], strict: bool = True):
+def load_model_weights(model: nn.Module, source: Union[str, Mapping[str, torch.Tensor]]) -> List[str]:
     """Load a state dict (or a path to one) into `model`, which may itself be compiled.
 
-    Returns the `(missing_keys, unexpected_keys)` of `load_state_dict`.
+    Every key must match, except that routing-controller keys may be missing: a plain HRM checkpoint
+    (ours or the reference's) loads into a routed model, whose controllers keep their fresh weights.
+    Returns the missing routing keys.
     """
     state_dict = read_state_dict(source) if isinstance(source, str) else strip_compiled_prefix(source)
     target = getattr(model, "_orig_mod", model)
-    return target.load_state_dict(state_dict, strict=strict, assign=False)
+    missing, unexpected = target.load_state_dict(state_dict, strict=False)
+    not_routing = [k for k in missing if ROUTER_KEY_MARKER not in k]
+    if not_routing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {not_routing or 'none'}, "
+                         f"unexpected {list(unexpected) or 'none'}")
+    return missing

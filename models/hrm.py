@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pydantic
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 
 from models.attention import resolve_backend
 from models.initializers import trunc_normal_init_
+from models.routing import RoutingConfig, build_router, routing_diagnostics
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.sparse_embedding import CastedSparseEmbedding
 
@@ -44,6 +45,7 @@ class HRMConfig(pydantic.BaseModel):
     halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
     forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention_backend: str = pydantic.Field("auto", description="auto | fa3 | fa2 | fa4 | sdpa")
+    routing: RoutingConfig = RoutingConfig()
 
     @pydantic.model_validator(mode="after")
     def _heads_divide_hidden(self) -> "HRMConfig":
@@ -70,29 +72,48 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
         self.norm_eps = config.rms_norm_eps
 
-    def forward(self, hidden_states: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), self.norm_eps)
+    def forward(self, hidden_states: torch.Tensor, cos_sin: Optional[CosSin],
+                head_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        attention = self.self_attn(hidden_states, cos_sin, head_weights)
+        hidden_states = rms_norm(hidden_states + attention, self.norm_eps)
         return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
 
 
 class ReasoningModule(nn.Module):
-    """One level (H or L): add the injection, then run the layers in order."""
+    """One level (H or L): add the injection, optionally route over heads, then run the layers in order.
+
+    With routing on, the level's controller (`router`) reads the level's input once per call and its
+    weights scale the heads of every layer of that call.
+    """
 
     def __init__(self, config: HRMConfig, num_layers: int, attention_backend: str):
         super().__init__()
         self.layers = nn.ModuleList(Block(config, attention_backend) for _ in range(num_layers))
+        self.num_heads = config.num_heads
+        self.per_token = config.routing.per_token
+        if config.routing.controller != "none":
+            self.router = build_router(config.routing, config.hidden_size, config.num_heads)
 
-    def forward(self, hidden_states: torch.Tensor, injection: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, injection: torch.Tensor, cos_sin: Optional[CosSin],
+                router_state: Any = None) -> Tuple[torch.Tensor, Any, Optional[Dict[str, Any]]]:
+        """Returns the new hidden states, the router's new state and its aux outputs (None without routing)."""
         hidden_states = hidden_states + injection
+        head_weights, aux = None, None
+        if hasattr(self, "router"):
+            # The controller runs in float32; `heads * alpha` is exactly 1 for uniform routing.
+            alphas, router_state, aux = self.router(hidden_states.float(), state=router_state, per_token=self.per_token)
+            head_weights = alphas * self.num_heads
         for layer in self.layers:
-            hidden_states = layer(hidden_states, cos_sin)
-        return hidden_states
+            hidden_states = layer(hidden_states, cos_sin, head_weights)
+        return hidden_states, router_state, aux
 
 
 @dataclass
 class InnerCarry:
     z_H: torch.Tensor
     z_L: torch.Tensor
+    # Routing controllers' recurrent states by level ("H", "L"); empty without routing.
+    router_states: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -154,20 +175,39 @@ class HierarchicalReasoningModel(nn.Module):
             embedding = 0.707106781 * (embedding + self.embed_pos.embedding_weight.to(self.config.dtype))
         return self.embed_scale * embedding
 
+    def levels(self) -> Dict[str, ReasoningModule]:
+        return {"H": self.H_level, "L": self.L_level}
+
     def empty_carry(self, batch_size: int, device: torch.device) -> InnerCarry:
         shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
+        router_states = {name: level.router.init_state(batch_size, device)
+                         for name, level in self.levels().items() if hasattr(level, "router")}
         return InnerCarry(z_H=torch.empty(shape, dtype=self.config.dtype, device=device),
-                          z_L=torch.empty(shape, dtype=self.config.dtype, device=device))
+                          z_L=torch.empty(shape, dtype=self.config.dtype, device=device), router_states=router_states)
 
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
-        """Put sequences flagged in `reset` back to the initial states."""
+        """Put sequences flagged in `reset` back to the initial states (routing states included)."""
+        router_states = {name: state.reset(reset) if state is not None else None
+                         for name, state in carry.router_states.items()}
         reset = reset.view(-1, 1, 1)
-        return InnerCarry(z_H=torch.where(reset, self.H_init, carry.z_H), z_L=torch.where(reset, self.L_init, carry.z_L))
+        return InnerCarry(z_H=torch.where(reset, self.H_init, carry.z_H), z_L=torch.where(reset, self.L_init, carry.z_L),
+                          router_states=router_states)
 
-    def forward(self, carry: InnerCarry, batch: Batch) -> Tuple[InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, carry: InnerCarry, batch: Batch
+                ) -> Tuple[InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor], Dict[str, List[dict]]]:
+        """One ACT step. The last element lists, per routed level, each call's router aux (in call order)."""
         cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
+        router_states = dict(carry.router_states)
+        routing_aux: Dict[str, List[dict]] = {name: [] for name in router_states}
+
+        def run(name: str, hidden: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+            hidden, state, aux = self.levels()[name](hidden, injection, cos_sin, router_states.get(name))
+            if aux is not None:
+                router_states[name] = state
+                routing_aux[name].append(aux)
+            return hidden
 
         # All cycles but the last L and H updates run without gradient (the "1-step gradient").
         with torch.no_grad():
@@ -175,16 +215,17 @@ class HierarchicalReasoningModel(nn.Module):
             for h in range(H_cycles):
                 for l in range(L_cycles):
                     if not (h == H_cycles - 1 and l == L_cycles - 1):
-                        z_L = self.L_level(z_L, z_H + x, cos_sin)
+                        z_L = run("L", z_L, z_H + x)
                 if h != H_cycles - 1:
-                    z_H = self.H_level(z_H, z_L, cos_sin)
-        z_L = self.L_level(z_L, z_H + x, cos_sin)
-        z_H = self.H_level(z_H, z_L, cos_sin)
+                    z_H = run("H", z_H, z_L)
+        z_L = run("L", z_L, z_H + x)
+        z_H = run("H", z_H, z_L)
 
-        new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
+        new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach(),
+                               router_states={k: s.detach() if s is not None else None for k, s in router_states.items()})
         logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
-        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1])
+        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), routing_aux
 
 
 class HierarchicalReasoningModelACT(nn.Module):
@@ -214,8 +255,9 @@ class HierarchicalReasoningModelACT(nn.Module):
         current_data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
                         for k, v in carry.current_data.items()}
 
-        inner_carry, logits, (q_halt_logits, q_continue_logits) = self.inner(inner_carry, current_data)
+        inner_carry, logits, (q_halt_logits, q_continue_logits), routing_aux = self.inner(inner_carry, current_data)
         outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
+        outputs.update(routing_outputs(routing_aux))
 
         with torch.no_grad():
             steps = steps + 1
@@ -229,8 +271,38 @@ class HierarchicalReasoningModelACT(nn.Module):
                 halted = halted & (steps >= min_halt_steps)
 
                 # Bootstrapped Q target from one more step on the new carry.
-                _, _, (next_q_halt, next_q_continue) = self.inner(inner_carry, current_data)
+                _, _, (next_q_halt, next_q_continue), _ = self.inner(inner_carry, current_data)
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
 
         return ACTCarry(inner_carry, steps, halted, current_data), outputs
+
+
+def routing_outputs(routing_aux: Dict[str, List[dict]]) -> Dict[str, torch.Tensor]:
+    """Loss terms and diagnostics of one ACT step's routing.
+
+    `routing_entropy` and `routing_ponder_cost` (differentiable) come from each level's last call, the one
+    that carries gradient. `routing_alphas_<level>` stacks every call's alphas ([B, calls, heads]; per-token
+    alphas are averaged over tokens), and `routing/<name>_<level>` are the diagnostics of the last call.
+    """
+    if not routing_aux:
+        return {}
+    outputs: Dict[str, torch.Tensor] = {}
+    last_calls = [calls[-1] for calls in routing_aux.values()]
+    outputs["routing_entropy"] = torch.stack([aux["entropy"] for aux in last_calls]).mean()
+    if all("ponder_cost" in aux for aux in last_calls):
+        outputs["routing_ponder_cost"] = torch.stack([aux["ponder_cost"] for aux in last_calls]).sum()
+    for level, calls in routing_aux.items():
+        alphas = [aux["alphas"].mean(dim=1) if aux["alphas"].ndim == 3 else aux["alphas"] for aux in calls]
+        outputs[f"routing_alphas_{level}"] = torch.stack(alphas, dim=1).detach()
+        last = calls[-1]
+        diagnostics = routing_diagnostics(last["alphas"].detach())
+        diagnostics["n_H_updates"] = torch.stack([aux["n_H_updates"] for aux in calls]).sum().float() \
+            if "n_H_updates" in last else None
+        if "ponder_cost" in last:
+            diagnostics["ponder_cost"] = last["ponder_cost"].detach()
+        diagnostics["temperature"] = torch.full((), last["temperature"], device=last["alphas"].device)
+        for name, value in diagnostics.items():
+            if value is not None:
+                outputs[f"routing/{name}_{level}"] = value
+    return outputs

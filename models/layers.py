@@ -90,8 +90,14 @@ class Attention(nn.Module):
             query, key = apply_rotary(query, cos_sin), apply_rotary(key, cos_sin)
         return attention(query, key, value, self.backend)
 
-    def forward(self, hidden_states: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
-        return self.o_proj(rearrange(self.head_outputs(hidden_states, cos_sin), "b s n d -> b s (n d)"))
+    def forward(self, hidden_states: torch.Tensor, cos_sin: Optional[CosSin],
+                head_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`head_weights` (`[B, heads]` or `[B, S, heads]`) scales each head's output before `o_proj`."""
+        heads = self.head_outputs(hidden_states, cos_sin)
+        if head_weights is not None:
+            weights = head_weights.unsqueeze(1) if head_weights.ndim == 2 else head_weights
+            heads = heads * weights.unsqueeze(-1).to(heads.dtype)
+        return self.o_proj(rearrange(heads, "b s n d -> b s (n d)"))
 
 
 def swiglu_intermediate_size(hidden_size: int, expansion: float) -> int:

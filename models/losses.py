@@ -49,6 +49,10 @@ class ACTLossHead(nn.Module):
             raise ValueError(f"loss_type must be one of {sorted(LOSS_FUNCTIONS)}, got {loss_type!r}")
         self.model = model
         self.loss_fn = LOSS_FUNCTIONS[loss_type]
+        # Weights of the routing terms, set by the trainer's schedules. Buffers, not Python floats, so that
+        # changing them never recompiles the model; not persistent, so checkpoints keep the reference keys.
+        self.register_buffer("routing_entropy_weight", torch.zeros(()), persistent=False)
+        self.register_buffer("routing_ponder_weight", torch.zeros(()), persistent=False)
 
     def initial_carry(self, batch: Batch) -> ACTCarry:
         return self.model.initial_carry(batch)
@@ -86,4 +90,12 @@ class ACTLossHead(nn.Module):
 
         detached_outputs = {k: outputs[k].detach() for k in return_keys if k in outputs}
         total_loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+        if "routing_entropy" in outputs:
+            # Entropy is a bonus (subtracted): it keeps routing spread over heads early in training. Routing
+            # terms are per sequence like the other losses, so they scale with the batch before 1/global batch.
+            batch_size = labels.shape[0]
+            total_loss = total_loss - self.routing_entropy_weight * batch_size * outputs["routing_entropy"]
+            if "routing_ponder_cost" in outputs:
+                total_loss = total_loss + self.routing_ponder_weight * outputs["routing_ponder_cost"]
+            metrics.update({k: v for k, v in outputs.items() if k.startswith("routing/")})
         return new_carry, total_loss, metrics, detached_outputs, new_carry.halted.all()

@@ -65,8 +65,7 @@ def test_reference_state_dict_with_compile_prefix_loads_strictly(tmp_path):
 
     torch.manual_seed(2)
     target = build_model(TINY, **TINY_SIZES)
-    missing, unexpected = load_model_weights(target, str(path))
-    assert not missing and not unexpected
+    assert load_model_weights(target, str(path)) == []
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
     assert set(read_state_dict(str(path))) == set(source.state_dict())
@@ -80,6 +79,15 @@ def test_reference_state_dict_with_compile_prefix_loads_strictly(tmp_path):
         out_a = source(carry=source.initial_carry(batch), batch=batch, return_keys=["logits"])[3]["logits"]
         out_b = target(carry=target.initial_carry(batch), batch=batch, return_keys=["logits"])[3]["logits"]
     assert torch.equal(out_a, out_b)
+
+
+def test_mismatched_checkpoint_is_an_error_naming_keys():
+    model = build_model(TINY, **TINY_SIZES)
+    state = model.state_dict()
+    state.pop("model.inner.lm_head.weight")
+    state["model.inner.extra"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="lm_head.weight.*model.inner.extra"):
+        load_model_weights(model, state)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -120,7 +120,7 @@ def test_inner_step_equals_slow_reference(pos_encodings):
     batch = tiny_batch()
     inner = model.model.inner
     carry = inner.reset_carry(torch.ones(BATCH, dtype=torch.bool), inner.empty_carry(BATCH, torch.device("cpu")))
-    new_carry, logits, (q_halt, q_continue) = inner(carry, batch)
+    new_carry, logits, (q_halt, q_continue), _ = inner(carry, batch)
 
     arch = dict(TINY_ARCH, pos_encodings=pos_encodings)
     z0 = carry.z_H.double(), carry.z_L.double()
@@ -138,10 +138,10 @@ def test_cycle_schedule_counts_calls_and_only_last_calls_carry_gradient():
     model = tiny_model()
     inner = model.model.inner
     calls = {"H": [], "L": []}
-    inner.H_level.register_forward_hook(lambda m, i, o: calls["H"].append(o.requires_grad))
-    inner.L_level.register_forward_hook(lambda m, i, o: calls["L"].append(o.requires_grad))
+    inner.H_level.register_forward_hook(lambda m, i, o: calls["H"].append(o[0].requires_grad))
+    inner.L_level.register_forward_hook(lambda m, i, o: calls["L"].append(o[0].requires_grad))
     carry = inner.reset_carry(torch.ones(BATCH, dtype=torch.bool), inner.empty_carry(BATCH, torch.device("cpu")))
-    new_carry, logits, _ = inner(carry, tiny_batch())
+    new_carry, logits, _, _ = inner(carry, tiny_batch())
     # H_cycles=2, L_cycles=3: 6 L calls and 2 H calls, gradient only through the last of each.
     assert calls["L"] == [False] * 5 + [True]
     assert calls["H"] == [False, True]
@@ -275,8 +275,8 @@ def test_bootstrapped_q_target_formula():
         start_data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
                       for k, v in carry.current_data.items()}
         with torch.no_grad():
-            after, _, _ = inner(start_inner, start_data)
-            _, _, (next_halt, next_continue) = inner(after, start_data)
+            after, _, _, _ = inner(start_inner, start_data)
+            _, _, (next_halt, next_continue), _ = inner(after, start_data)
         carry, _, _, outputs, _ = model(carry=carry, batch=batch, return_keys=["target_q_continue"])
         expected = torch.sigmoid(next_halt if step == 2 else torch.maximum(next_halt, next_continue))
         torch.testing.assert_close(outputs["target_q_continue"], expected)

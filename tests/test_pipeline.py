@@ -185,3 +185,22 @@ def test_missing_dataset_names_the_builder_command(tmp_path):
     # data=maze sets its own data_path; the command shown is the maze builder's.
     result = run_pretrain(["data=maze", "data_path=/nonexistent/maze"])
     assert "python dataset/build_maze_dataset.py" in result.stderr
+
+
+@pytest.mark.parametrize("controller", ["classical", "hrm", "hrm_act"])
+def test_routed_training_lowers_loss_and_logs_routing(tiny_dataset, tmp_path, monkeypatch, controller):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    ctx = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
+    config = config_for(tiny_dataset, tmp_path, f"arch.routing.controller={controller}", "arch.routing.warmup_epochs=0",
+                        "arch.routing.controller_lr=1e-3", "arch.routing.topk=1")
+    run_training(config, ctx)
+    rows = read_metrics(tmp_path)
+    losses = train_losses(rows)
+    assert np.mean([losses[s] for s in range(21, 25)]) < np.mean([losses[s] for s in range(1, 5)])
+    assert {"train/routing/routing_entropy_mean_H", "train/routing/top1_share_L", "train/routing/temperature_H"} <= set(rows[-2])
+    with open(tmp_path / "routing_24.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    # 10 samples x (1 H call + 2 L calls) x 3 ACT steps; top-1 routing puts all weight on one head.
+    assert len(lines) == 10 * 3 * 3
+    assert all(len(line["top_heads"]) == 1 and max(line["alphas"]) == 1.0 for line in lines)
+    assert os.path.exists(tmp_path / "step_24")

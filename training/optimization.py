@@ -9,6 +9,7 @@ from torch import nn
 
 from models.adam_atan2 import AdamATan2
 from models.sparse_embedding import SparseEmbeddingSignSGD
+from training.routing_schedule import is_router_parameter
 
 
 def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -22,7 +23,8 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int
 def build_optimizers(model: nn.Module, config, world_size: int) -> List[torch.optim.Optimizer]:
     """Sign-SGD for the puzzle embedding (when the model has one) and Adam-atan2 for every parameter.
 
-    Each parameter group records its `base_lr`; the schedule sets the group's actual `lr` every step.
+    Routing controllers, when present, form their own Adam-atan2 group. Each parameter group records its
+    `base_lr`; the schedule sets the group's actual `lr` every step.
     """
     optimizers = []
     inner = model.model.inner
@@ -30,6 +32,10 @@ def build_optimizers(model: nn.Module, config, world_size: int) -> List[torch.op
         optimizers.append(SparseEmbeddingSignSGD(inner.puzzle_emb.buffers(), lr=0,
                                                  weight_decay=config.puzzle_emb_weight_decay, world_size=world_size))
         optimizers[-1].param_groups[0]["base_lr"] = config.puzzle_emb_lr
-    optimizers.append(AdamATan2([dict(params=list(model.parameters()), base_lr=config.lr)], lr=0,
-                                weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
+    named = list(model.named_parameters())
+    groups = [dict(params=[p for name, p in named if not is_router_parameter(name)], base_lr=config.lr)]
+    router_params = [p for name, p in named if is_router_parameter(name)]
+    if router_params:  # routing controllers learn at their own rate
+        groups.append(dict(params=router_params, base_lr=config.arch["routing"]["controller_lr"]))
+    optimizers.append(AdamATan2(groups, lr=0, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
     return optimizers

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.metrics_log import MetricsLogger, flatten_eval_metrics
 from training.optimization import build_optimizers, learning_rate
+from training.routing_schedule import RoutingSchedule
 
 
 @dataclass
@@ -30,6 +32,7 @@ class TrainState:
     base_model: nn.Module  # the plain module behind it
     optimizers: List[torch.optim.Optimizer]
     total_steps: int
+    routing: Optional[RoutingSchedule] = None
     step: int = 0
     rounds_done: int = 0
     batches_done_in_round: int = 0
@@ -77,8 +80,10 @@ def create_train_state(config: PretrainConfig, metadata, ctx: DistributedContext
     model = base_model
     if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
         model = torch.compile(base_model, dynamic=False)
+    routing_config = base_model.model.config.routing
+    routing = RoutingSchedule(base_model, routing_config, total_steps) if routing_config.controller != "none" else None
     return TrainState(model=model, base_model=base_model, optimizers=build_optimizers(base_model, config, ctx.world_size),
-                      total_steps=total_steps)
+                      total_steps=total_steps, routing=routing)
 
 
 def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: PretrainConfig, ctx: DistributedContext,
@@ -90,10 +95,14 @@ def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: Pretra
     batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
+    if state.routing is not None:
+        state.routing.before_step(state.step)
     state.carry, loss, metrics, _, _ = state.model(carry=state.carry, batch=batch, return_keys=())
     ((1 / global_batch_size) * loss).backward()
     if ctx.world_size > 1:
         sum_gradients(state.base_model.parameters())
+    if state.routing is not None:
+        state.routing.before_optimizer_step(state.step)
     for optimizer in state.optimizers:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, group["base_lr"], config.lr_warmup_steps, state.total_steps,
@@ -119,7 +128,8 @@ class TrainMetricsAccumulator:
         self.steps += 1
 
     def reduce(self, ctx: DistributedContext, global_batch_size: int) -> Optional[Dict[str, float]]:
-        """Rank 0 gets losses per example of the global batch and the other metrics per counted sequence."""
+        """Rank 0 gets losses per example of the global batch and the other metrics per counted sequence;
+        routing diagnostics, already means, are averaged over steps and ranks."""
         if self.total is None:
             return None
         total = self.total
@@ -128,28 +138,68 @@ class TrainMetricsAccumulator:
         values = dict(zip(self.keys, total.tolist()))
         steps, self.total, self.steps = self.steps, None, 0
         count = max(values["count"], 1)
-        return {f"train/{k}": v / (global_batch_size * steps if k.endswith("loss") else count)
-                for k, v in values.items()}
+        def divisor(key: str) -> float:
+            if key.startswith("routing/"):
+                return steps * ctx.world_size
+            return global_batch_size * steps if key.endswith("loss") else count
+        return {f"train/{k}": v / divisor(k) for k, v in values.items()}
+
+
+ROUTING_LOG_SAMPLES = 10
+
+
+def routing_log_lines(outputs: Dict[str, torch.Tensor], act_step: int, topk: Optional[int]) -> List[dict]:
+    """One line per sample (the first few), level and controller call: its alphas and top heads."""
+    lines = []
+    for key, alphas in sorted(outputs.items()):
+        if not key.startswith("routing_alphas_"):
+            continue
+        level = key[len("routing_alphas_"):]
+        alphas = alphas[:ROUTING_LOG_SAMPLES].float().cpu()  # [samples, calls, heads]
+        top_heads = alphas.argsort(dim=-1, descending=True)[..., :topk or alphas.shape[-1]]
+        for sample in range(alphas.shape[0]):
+            for call in range(alphas.shape[1]):
+                lines.append(dict(act_step=act_step, sample=sample, level=level, call=call,
+                                  alphas=[round(a, 6) for a in alphas[sample, call].tolist()],
+                                  top_heads=top_heads[sample, call].tolist()))
+    return lines
 
 
 def evaluate(state: TrainState, loader, metadata, ctx: DistributedContext, save_outputs: Sequence[str] = (),
-             outputs_path: Optional[str] = None) -> Optional[Dict[str, Dict[str, float]]]:
-    """Run every test example for `halt_max_steps` steps; rank 0 gets per-set metrics divided by count."""
+             outputs_path: Optional[str] = None, routing_log_path: Optional[str] = None
+             ) -> Optional[Dict[str, Dict[str, float]]]:
+    """Run every test example for `halt_max_steps` steps; rank 0 gets per-set metrics divided by count.
+
+    With routing on, rank 0 also writes `routing_log_path` (JSON lines): the first batch's routing of up
+    to 10 samples at every ACT step.
+    """
     set_index = {name: i for i, name in enumerate(metadata.sets)}
     metric_keys, metric_sums = None, None
     saved: Dict[str, List[torch.Tensor]] = {}
+    log_routing = state.routing is not None and routing_log_path is not None and ctx.is_main
+    routing_lines: List[dict] = []
+    return_keys = [*save_outputs, *(f"routing_alphas_{level}" for level in ("H", "L"))]
     with torch.inference_mode():
         for set_name, batch, _ in loader:
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             carry = state.model.initial_carry(batch)
+            act_step = 0
             while True:
-                carry, _, metrics, outputs, all_halted = state.model(carry=carry, batch=batch, return_keys=save_outputs)
+                carry, _, metrics, outputs, all_halted = state.model(carry=carry, batch=batch, return_keys=return_keys)
+                act_step += 1
+                if log_routing:
+                    routing_lines.extend(routing_log_lines(outputs, act_step, state.routing.routing.topk))
                 if all_halted:
                     break
+            if log_routing:
+                write_jsonl(routing_log_path, routing_lines)
+                log_routing = False  # the first batch only
             for collection in (batch, outputs):
                 for k, v in collection.items():
                     if k in save_outputs:
                         saved.setdefault(k, []).append(v.cpu())
+            # Routing diagnostics are logged in training; evaluation writes the routing log instead.
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("routing/")}
             if metric_keys is None:
                 metric_keys = sorted(metrics)
                 metric_sums = torch.zeros(len(set_index), len(metric_keys), dtype=torch.float64, device=ctx.device)
@@ -169,6 +219,13 @@ def evaluate(state: TrainState, loader, metadata, ctx: DistributedContext, save_
         count = values.pop("count")
         result[set_name] = {k: v / count if count else float("nan") for k, v in values.items()}
     return result
+
+
+def write_jsonl(path: str, rows: List[dict]) -> None:
+    tmp_path = f"{path}.tmp"
+    with open(tmp_path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(tmp_path, path)
 
 
 def _gather_to_main(obj: Any, ctx: DistributedContext) -> Optional[List[Any]]:
@@ -266,7 +323,8 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
 
         state.model.eval()
         outputs_path = os.path.join(config.checkpoint_path, f"step_{state.step}_all_preds")
-        eval_metrics = evaluate(state, eval_loader, eval_metadata, ctx, config.eval_save_outputs, outputs_path)
+        eval_metrics = evaluate(state, eval_loader, eval_metadata, ctx, config.eval_save_outputs, outputs_path,
+                                routing_log_path=os.path.join(config.checkpoint_path, f"routing_{state.step}.jsonl"))
         if logger is not None and eval_metrics is not None:
             logger.log(flatten_eval_metrics(eval_metrics), step=min(state.step, state.total_steps))
             logger.progress.write(f"evaluation at step {state.step}: {eval_metrics}")

@@ -1,0 +1,394 @@
+"""Pointer-over-Heads routing: controllers that weigh a layer's attention heads, and routing diagnostics.
+
+A controller reads the hidden state `x` and returns `alphas`, non-negative weights over the heads that sum
+to one; the attention layer scales each head's output `[B, S, heads, head_dim]` by its weight before the
+output projection. Three controllers share one interface,
+
+    alphas, new_state, aux = controller(x, head_outputs=None, state=state, mask=mask, per_token=False)
+
+- `PointerOverHeadsController`: stateless MLP router (the state passes through as None).
+- `HRMPointerController`: two recurrent states in the spirit of HRM, a fast `z_L` updated on every call
+  and a slow `z_H` updated on every T-th call that conditions the fast one; routing reads both.
+- `ACTHRMPointerController`: the same, with the slow update decided per sample by a learned, accumulated
+  halting probability (adaptive computation time) instead of a fixed period.
+
+`x` of `[B, L, D]` is pooled by a masked mean into one routing per sequence, `[B, heads]`; `x` of `[B, D]`
+is used as is; `per_token=True` routes every token, `[B, L, heads]`. Routers read only `x`:
+`head_outputs` is accepted so callers can pass what they have, and whether head outputs are cached
+across calls is the caller's business. Routing runs in the controller's parameter dtype (float32)
+whatever the activations' dtype; callers cast `alphas` when mixing.
+
+`aux` holds `router_logits`, `alphas`, `entropy` (differentiable scalar: mean routing entropy),
+`temperature` (float) and, with top-k, `topk_idx`; the HRM controllers add `n_H_updates` (how many
+sequences' slow state updated in this call) and the ACT one `halt_prob` and `ponder_cost`.
+`return_aux=False` gives an empty dict.
+
+Temperature is a plain float attribute changed by `set_temperature`, never a parameter, so the optimizer
+cannot undo an annealing schedule. The forward has no data-dependent Python branching and no host syncs,
+so it runs under `torch.compile` (a new temperature costs one recompilation, after which it is traced as
+a symbol); a recurrent state is a dataclass of tensors threaded by the caller.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Dict, Literal, Optional, Tuple, Union
+
+import pydantic
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Aux = Dict[str, object]
+
+
+def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of `[B, L, ...]` over L, counting only positions where `mask` `[B, L]` is true (or non-zero).
+
+    A row with no kept position gives zeros.
+    """
+    if mask is None:
+        return x.mean(dim=1)
+    weights = mask.to(x.dtype).reshape(*mask.shape, *(1,) * (x.ndim - 2))
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+
+
+def row_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each distribution along the last dim; zero probabilities contribute nothing."""
+    # Clamping keeps log finite at zeros left by top-k, so gradients there stay finite (and are masked).
+    return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(dim=-1)
+
+
+def routing_diagnostics(alphas: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Summary statistics of routing weights `[..., heads]` over all rows (leading dims flattened).
+
+    routing_entropy_mean / routing_entropy_std: entropy per row (population std, so one row gives 0);
+    head_herfindahl: mean sum of squared weights (1/heads when uniform, 1 when one head takes all);
+    top1_share: mean largest weight. Values stay tensors so the caller decides when to synchronise.
+    """
+    rows = alphas.detach().reshape(-1, alphas.shape[-1]).float()
+    entropy = row_entropy(rows)
+    return {
+        "routing_entropy_mean": entropy.mean(),
+        "routing_entropy_std": entropy.std(correction=0),
+        "head_herfindahl": rows.square().sum(dim=-1).mean(),
+        "top1_share": rows.max(dim=-1).values.mean(),
+    }
+
+
+def router_mlp(d_in: int, d_hidden: int, n_heads: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, n_heads))
+
+
+class RoutingController(nn.Module):
+    """What the controllers share: temperature, optional top-k, and turning logits into alphas and aux."""
+
+    def __init__(self, n_heads: int, topk: Optional[int], temperature_init: float, temperature_min: float):
+        super().__init__()
+        if topk is not None and not 1 <= topk <= n_heads:
+            raise ValueError(f"topk must be in 1..{n_heads} (n_heads) or None, got {topk}")
+        if temperature_min <= 0:
+            raise ValueError(f"temperature_min must be positive, got {temperature_min}")
+        self.n_heads = n_heads
+        self.topk = topk
+        self.temperature_min = temperature_min
+        self.set_temperature(temperature_init)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Set the softmax temperature, clamped from below at `temperature_min`."""
+        self.temperature = max(float(temperature), self.temperature_min)
+
+    def route(self, logits: torch.Tensor, token_mask: Optional[torch.Tensor],
+              return_aux: bool) -> Tuple[torch.Tensor, Aux]:
+        """Logits `[..., heads]` -> alphas (temperature softmax, then top-k renormalised) and the aux dict.
+
+        `token_mask` (per-token routing only) leaves padded tokens out of the entropy average.
+        """
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        alphas, topk_idx = probs, None
+        if self.topk is not None:
+            top_probs, topk_idx = probs.topk(self.topk, dim=-1)
+            alphas = torch.zeros_like(probs).scatter(-1, topk_idx, top_probs / top_probs.sum(-1, keepdim=True))
+        if not return_aux:
+            return alphas, {}
+        entropy = row_entropy(alphas)
+        if entropy.ndim == 2:  # per token: average over kept tokens first, then over the batch
+            entropy = masked_mean(entropy, token_mask)
+        aux: Aux = {"router_logits": logits, "alphas": alphas, "entropy": entropy.mean(),
+                    "temperature": self.temperature}
+        if topk_idx is not None:
+            aux["topk_idx"] = topk_idx
+        return alphas, aux
+
+
+def check_per_token_input(x: torch.Tensor, per_token: bool) -> None:
+    if per_token and x.ndim != 3:
+        raise ValueError(f"per_token routing needs x of shape [B, L, D], got {tuple(x.shape)}")
+
+
+class PointerOverHeadsController(RoutingController):
+    """Stateless router: an MLP maps the (pooled or per-token) hidden state to logits over the heads."""
+
+    def __init__(self, d_model: int, n_heads: int, d_hidden: Optional[int] = None, *, temperature_init: float = 1.0,
+                 temperature_min: float = 0.1, topk: Optional[int] = None, dropout: float = 0.0):
+        super().__init__(n_heads, topk, temperature_init, temperature_min)
+        self.router = router_mlp(d_model, d_hidden or d_model, n_heads, dropout)
+
+    def init_state(self, batch_size: int, device: torch.device) -> None:
+        return None
+
+    def forward(self, x: torch.Tensor, head_outputs: Optional[torch.Tensor] = None, *, state: None = None,
+                mask: Optional[torch.Tensor] = None, return_aux: bool = True,
+                per_token: bool = False) -> Tuple[torch.Tensor, None, Aux]:
+        check_per_token_input(x, per_token)
+        x = x.to(self.router[0].weight.dtype)
+        if not per_token and x.ndim == 3:
+            x = masked_mean(x, mask)
+        alphas, aux = self.route(self.router(x), mask if per_token else None, return_aux)
+        return alphas, None, aux
+
+
+@dataclass
+class HRMState:
+    """Recurrent state of an HRM controller, one row per sequence.
+
+    z_L: [B, d_ctrl] fast state; z_H: [B, d_ctrl] slow state; step: [B] long, calls so far.
+    """
+    z_L: torch.Tensor
+    z_H: torch.Tensor
+    step: torch.Tensor
+
+    def detach(self) -> "HRMState":
+        """The same state cut from the autograd graph (for truncated backpropagation across calls)."""
+        return type(self)(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+
+    def reset(self, rows: torch.Tensor) -> "HRMState":
+        """The state with the sequences flagged in `rows` ([B] bool) back to the initial (all-zero) state."""
+        def reset_field(t: torch.Tensor) -> torch.Tensor:
+            return torch.where(rows.view(-1, *(1,) * (t.ndim - 1)), torch.zeros_like(t), t)
+        return type(self)(**{f.name: reset_field(getattr(self, f.name)) for f in fields(self)})
+
+
+class TwoTimescaleController(RoutingController):
+    """Modules and steps shared by the HRM controllers; subclasses decide when the slow state updates.
+
+    x_ctrl = input_proj(pooled x) feeds a slow GRU (state z_H) and a fast GRU (state z_L, fed [x_ctrl, z_H]),
+    each followed by a LayerNorm when `use_layernorm`; the router reads z_L + mix_gate(z_H). A fresh
+    state is all zeros with step 0.
+
+    Per-token routing keeps the state per sequence (it advances exactly as with pooled routing) and adds
+    each token's offset from the pooled input, input_proj(x_i) - input_proj(pooled x), to the router's
+    input: tokens steer their own routing around the sequence's, and a sequence of identical tokens is
+    routed exactly like its pooled input.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ctrl: Optional[int], *, topk: Optional[int],
+                 temperature_init: float, temperature_min: float, entropy_reg: float, use_layernorm: bool,
+                 dropout: float):
+        super().__init__(n_heads, topk, temperature_init, temperature_min)
+        d_ctrl = d_ctrl or d_model
+        self.d_ctrl = d_ctrl
+        # Weight of the entropy bonus the trainer applies, `loss - entropy_reg * aux["entropy"]`. It stays
+        # out of the forward so that decaying it never changes the computation graph.
+        self.entropy_reg = entropy_reg
+        self.input_proj = nn.Linear(d_model, d_ctrl)
+        self.f_L = nn.GRUCell(2 * d_ctrl, d_ctrl)
+        self.f_H = nn.GRUCell(d_ctrl, d_ctrl)
+        self.norm_L = nn.LayerNorm(d_ctrl) if use_layernorm else nn.Identity()
+        self.norm_H = nn.LayerNorm(d_ctrl) if use_layernorm else nn.Identity()
+        self.mix_gate = nn.Linear(d_ctrl, d_ctrl)
+        self.router = router_mlp(d_ctrl, d_ctrl, n_heads, dropout)
+
+    def init_state(self, batch_size: int, device: torch.device) -> HRMState:
+        zeros = torch.zeros(batch_size, self.d_ctrl, dtype=self.input_proj.weight.dtype, device=device)
+        return HRMState(z_L=zeros, z_H=zeros.clone(), step=torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def controller_input(self, x: torch.Tensor, mask: Optional[torch.Tensor],
+                         per_token: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x_ctrl [B, d_ctrl] of the pooled input and, for per-token routing, each token's offset from it."""
+        check_per_token_input(x, per_token)
+        x = x.to(self.input_proj.weight.dtype)
+        pooled = masked_mean(x, mask) if x.ndim == 3 else x
+        token_offset = F.linear(x - pooled.unsqueeze(1), self.input_proj.weight) if per_token else None
+        return self.input_proj(pooled), token_offset
+
+    def slow_update(self, x_ctrl: torch.Tensor, z_H: torch.Tensor) -> torch.Tensor:
+        return self.norm_H(self.f_H(x_ctrl, z_H))
+
+    def fast_update(self, x_ctrl: torch.Tensor, z_H: torch.Tensor, z_L: torch.Tensor) -> torch.Tensor:
+        return self.norm_L(self.f_L(torch.cat((x_ctrl, z_H), dim=-1), z_L))
+
+    def router_logits(self, z_L: torch.Tensor, z_H: torch.Tensor, token_offset: Optional[torch.Tensor]) -> torch.Tensor:
+        router_input = z_L + self.mix_gate(z_H)
+        if token_offset is not None:
+            router_input = router_input.unsqueeze(1) + token_offset
+        return self.router(router_input)
+
+
+class HRMPointerController(TwoTimescaleController):
+    """Two-timescale recurrent router with a fixed period. Per call, with x_ctrl = input_proj(pooled x):
+
+        z_H <- LN(GRU_H(x_ctrl, z_H))            only for samples with step % T == 0
+        z_L <- LN(GRU_L([x_ctrl, z_H], z_L))     every call, conditioned on the (new) slow state
+        alphas = softmax(router(z_L + mix_gate(z_H)) / temperature), optionally top-k
+
+    so the first call on a fresh state updates z_H, then every T-th. See TwoTimescaleController for
+    per-token routing.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ctrl: Optional[int] = None, *, T: int = 4,
+                 topk: Optional[int] = None, temperature_init: float = 2.0, temperature_min: float = 0.7,
+                 entropy_reg: float = 1e-3, use_layernorm: bool = True, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, d_ctrl, topk=topk, temperature_init=temperature_init,
+                         temperature_min=temperature_min, entropy_reg=entropy_reg, use_layernorm=use_layernorm,
+                         dropout=dropout)
+        if T < 1:
+            raise ValueError(f"T must be at least 1, got {T}")
+        self.T = T
+
+    def forward(self, x: torch.Tensor, head_outputs: Optional[torch.Tensor] = None, *,
+                state: Optional[HRMState] = None, mask: Optional[torch.Tensor] = None, return_aux: bool = True,
+                per_token: bool = False) -> Tuple[torch.Tensor, HRMState, Aux]:
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        x_ctrl, token_offset = self.controller_input(x, mask, per_token)
+
+        # The slow update runs for every sample and is kept where due, instead of branching on the step.
+        update_H = state.step % self.T == 0
+        z_H = torch.where(update_H.unsqueeze(-1), self.slow_update(x_ctrl, state.z_H), state.z_H)
+        z_L = self.fast_update(x_ctrl, z_H, state.z_L)
+
+        alphas, aux = self.route(self.router_logits(z_L, z_H, token_offset), mask if per_token else None, return_aux)
+        if return_aux:
+            aux["n_H_updates"] = update_H.sum()
+        return alphas, HRMState(z_L=z_L, z_H=z_H, step=state.step + 1), aux
+
+
+@dataclass
+class ACTState(HRMState):
+    """HRM state plus, per sequence, the halting probability accumulated since the last slow update
+    (`halt_accum`, float) and the number of calls since then (`ponders`, long)."""
+    halt_accum: torch.Tensor
+    ponders: torch.Tensor
+
+
+class ACTHRMPointerController(TwoTimescaleController):
+    """HRM controller whose slow state updates when a learned halting signal says so.
+
+    Per call and sample, p = sigmoid(w . z_H + b) is read from the slow state before the update and added
+    to `halt_accum`; `ponders` counts the call. The slow state updates when
+        halt_accum >= 1 - halt_epsilon,  or  ponders >= max_ponders (forced),  or  step == 0 (fresh state),
+    and an update resets both to 0. So `max_ponders` bounds the period from above, and max_ponders = T
+    with p ~ 0 reproduces the fixed-period controller. The gate starts at p = 1/4 everywhere (zero
+    weights), i.e. an update every 4 calls, like the fixed-period default.
+
+    Learning signals for p: `aux["ponder_cost"]` (sum of this call's p over the batch; the trainer adds
+    `ponder_tau * ponder_cost`) pushes towards fewer updates, and a straight-through estimator lets the
+    task loss push the other way: the forward uses the hard decision, the backward treats the slow state
+    as z_H_old + p * (z_H_candidate - z_H_old).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ctrl: Optional[int] = None, *, topk: Optional[int] = None,
+                 temperature_init: float = 2.0, temperature_min: float = 0.7, entropy_reg: float = 1e-3,
+                 use_layernorm: bool = True, dropout: float = 0.0, max_ponders: int = 20, halt_epsilon: float = 0.01):
+        super().__init__(d_model, n_heads, d_ctrl, topk=topk, temperature_init=temperature_init,
+                         temperature_min=temperature_min, entropy_reg=entropy_reg, use_layernorm=use_layernorm,
+                         dropout=dropout)
+        if max_ponders < 1:
+            raise ValueError(f"max_ponders must be at least 1, got {max_ponders}")
+        if not 0 <= halt_epsilon < 1:
+            raise ValueError(f"halt_epsilon must be in [0, 1), got {halt_epsilon}")
+        self.max_ponders = max_ponders
+        self.halt_epsilon = halt_epsilon
+        self.halt_gate = nn.Linear(self.d_ctrl, 1)
+        with torch.no_grad():
+            self.halt_gate.weight.zero_()
+            self.halt_gate.bias.fill_(-math.log(3))  # sigmoid(-log 3) = 1/4
+
+    def init_state(self, batch_size: int, device: torch.device) -> ACTState:
+        state = super().init_state(batch_size, device)
+        return ACTState(z_L=state.z_L, z_H=state.z_H, step=state.step,
+                        halt_accum=torch.zeros(batch_size, dtype=state.z_H.dtype, device=device),
+                        ponders=torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def forward(self, x: torch.Tensor, head_outputs: Optional[torch.Tensor] = None, *,
+                state: Optional[ACTState] = None, mask: Optional[torch.Tensor] = None, return_aux: bool = True,
+                per_token: bool = False) -> Tuple[torch.Tensor, ACTState, Aux]:
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        x_ctrl, token_offset = self.controller_input(x, mask, per_token)
+
+        halt_prob = torch.sigmoid(self.halt_gate(state.z_H)).squeeze(-1)
+        halt_accum = state.halt_accum + halt_prob.detach()
+        ponders = state.ponders + 1
+        update_H = (halt_accum >= 1 - self.halt_epsilon) | (ponders >= self.max_ponders) | (state.step == 0)
+
+        z_H_candidate = self.slow_update(x_ctrl, state.z_H)
+        # Straight-through: (p - p.detach()) is exactly zero forward and carries d(loss)/dp backward.
+        straight_through = (halt_prob - halt_prob.detach()).unsqueeze(-1) * (z_H_candidate - state.z_H)
+        z_H = torch.where(update_H.unsqueeze(-1), z_H_candidate, state.z_H) + straight_through
+        z_L = self.fast_update(x_ctrl, z_H, state.z_L)
+
+        alphas, aux = self.route(self.router_logits(z_L, z_H, token_offset), mask if per_token else None, return_aux)
+        if return_aux:
+            aux["ponder_cost"] = halt_prob.sum()
+            aux["n_H_updates"] = update_H.sum()
+            aux["halt_prob"] = halt_prob
+        new_state = ACTState(z_L=z_L, z_H=z_H, step=state.step + 1,
+                             halt_accum=torch.where(update_H, torch.zeros_like(halt_accum), halt_accum),
+                             ponders=torch.where(update_H, torch.zeros_like(ponders), ponders))
+        return alphas, new_state, aux
+
+
+class RoutingConfig(pydantic.BaseModel):
+    """The `routing` block of an arch config: which controller routes the attention heads, its options, and
+    the training schedule the trainer applies to it.
+
+    Options a controller does not have are ignored by it (`T` is for hrm; `max_ponders` and `halt_epsilon`
+    for hrm_act; `use_layernorm` for hrm and hrm_act; classical uses `d_ctrl` as the width of its MLP).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    controller: Literal["none", "classical", "hrm", "hrm_act"] = "none"
+    per_token: bool = False
+    d_ctrl: Optional[int] = pydantic.Field(None, gt=0, description="controller width; None means hidden_size")
+    topk: Optional[int] = pydantic.Field(None, gt=0)
+    temperature_init: float = pydantic.Field(2.0, gt=0)
+    temperature_min: float = pydantic.Field(0.7, gt=0)
+    use_layernorm: bool = True
+    dropout: float = pydantic.Field(0.0, ge=0, lt=1)
+    T: int = pydantic.Field(4, gt=0, description="hrm: the slow state updates every T calls")
+    max_ponders: int = pydantic.Field(20, gt=0, description="hrm_act: forced slow update after this many calls")
+    halt_epsilon: float = pydantic.Field(0.01, ge=0, lt=1, description="hrm_act: update once accumulated p >= 1 - this")
+
+    # Training, with schedules counted in schedule epochs: `schedule_epoch_steps` steps when set, else
+    # 1/`schedule_epochs_per_run` of the run (the seed schedules were tuned on runs of about 20 epochs).
+    controller_lr: float = pydantic.Field(1e-4, ge=0, description="base learning rate of the controllers")
+    schedule_epoch_steps: Optional[int] = pydantic.Field(None, gt=0, description="steps per schedule epoch")
+    schedule_epochs_per_run: int = pydantic.Field(20, gt=0, description="schedule epochs in a run, when steps are not set")
+    temperature_decay: float = pydantic.Field(0.95, gt=0, le=1, description="temperature_init * decay^epoch, floored")
+    entropy_reg: float = pydantic.Field(1e-3, ge=0, description="weight of the entropy bonus in the loss")
+    entropy_decay_epochs: int = pydantic.Field(5, gt=0, description="entropy_reg halves every this many epochs")
+    ponder_tau: float = pydantic.Field(0.01, ge=0, description="hrm_act: weight of the ponder cost in the loss")
+    warmup_epochs: int = pydantic.Field(5, ge=0, description="controllers stay frozen for this many epochs")
+    controller_clip: Optional[float] = pydantic.Field(0.5, gt=0, description="gradient-norm clip of the controllers")
+    encoder_clip: Optional[float] = pydantic.Field(1.0, gt=0, description="gradient-norm clip of the rest of the model")
+
+
+Controller = Union[PointerOverHeadsController, HRMPointerController, ACTHRMPointerController]
+
+
+def build_router(config: RoutingConfig, d_model: int, n_heads: int) -> Controller:
+    """The controller named by `config.controller` (not "none") for a layer of width d_model with n_heads."""
+    shared = dict(topk=config.topk, temperature_init=config.temperature_init,
+                  temperature_min=config.temperature_min, dropout=config.dropout)
+    if config.controller == "classical":
+        return PointerOverHeadsController(d_model, n_heads, config.d_ctrl, **shared)
+    recurrent = dict(shared, entropy_reg=config.entropy_reg, use_layernorm=config.use_layernorm)
+    if config.controller == "hrm":
+        return HRMPointerController(d_model, n_heads, config.d_ctrl, T=config.T, **recurrent)
+    if config.controller == "hrm_act":
+        return ACTHRMPointerController(d_model, n_heads, config.d_ctrl, max_ponders=config.max_ponders,
+                                       halt_epsilon=config.halt_epsilon, **recurrent)
+    raise ValueError(f"no controller to build for routing.controller={config.controller!r}")

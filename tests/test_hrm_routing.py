@@ -1,0 +1,160 @@
+"""Pointer-over-Heads routing inside HRM: exactness when uniform, carry handling, checkpoints, training schedules."""
+import pytest
+import torch
+
+from models import build_model
+from models.checkpoint import load_model_weights
+from models.routing import HRMState
+from training.optimization import build_optimizers
+from training.routing_schedule import RoutingSchedule
+
+ARCH = dict(
+    name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
+    loss=dict(name="losses@ACTLossHead", loss_type="stablemax_cross_entropy"),
+    puzzle_emb_ndim=32, H_cycles=2, L_cycles=2, H_layers=1, L_layers=2, hidden_size=32, expansion=2,
+    num_heads=4, pos_encodings="rope", halt_max_steps=3, halt_exploration_prob=0.1, forward_dtype="float32",
+)
+SIZES = dict(batch_size=4, seq_len=6, vocab_size=5, num_puzzle_identifiers=3)
+CONTROLLERS = ["classical", "hrm", "hrm_act"]
+
+
+def make_model(controller="none", seed=0, **routing):
+    torch.manual_seed(seed)
+    return build_model(dict(ARCH, routing=dict(controller=controller, **routing)), **SIZES)
+
+
+def make_batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"inputs": torch.randint(0, 5, (4, 6), generator=g), "labels": torch.randint(0, 5, (4, 6), generator=g),
+            "puzzle_identifiers": torch.randint(0, 3, (4,), generator=g)}
+
+
+def make_uniform(model):
+    """Zero the last router layer: equal logits, so every head gets weight exactly 1/heads."""
+    for name, p in model.named_parameters():
+        if ".router.router." in name and name.split(".")[-2] == str(len(model.model.inner.H_level.router.router) - 1):
+            with torch.no_grad():
+                p.zero_()
+
+
+def routing_keys(model):
+    return [k for k in model.state_dict() if ".router." in k]
+
+
+def test_routing_off_adds_no_parameters():
+    plain, routed = make_model("none"), make_model("hrm")
+    assert routing_keys(plain) == []
+    assert set(routed.state_dict()) - set(plain.state_dict()) == set(routing_keys(routed))
+    assert routing_keys(routed)[0].startswith("model.inner.H_level.router.")
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+@pytest.mark.parametrize("per_token", [False, True])
+def test_uniform_routing_equals_plain_hrm_bit_for_bit(controller, per_token):
+    plain = make_model("none")
+    routed = make_model(controller, per_token=per_token)
+    assert load_model_weights(routed, plain.state_dict()) == routing_keys(routed)
+    make_uniform(routed)
+    batch = make_batch()
+    for model in (plain, routed):
+        model.train()
+    torch.manual_seed(5)
+    carry_a, loss_a, _, out_a, _ = plain(carry=plain.initial_carry(batch), batch=batch, return_keys=["logits"])
+    torch.manual_seed(5)
+    carry_b, loss_b, _, out_b, _ = routed(carry=routed.initial_carry(batch), batch=batch, return_keys=["logits"])
+    assert torch.equal(out_a["logits"], out_b["logits"])
+    assert torch.equal(carry_a.inner_carry.z_H, carry_b.inner_carry.z_H)
+    # The routing state advanced: one call per module call (H: 2, L: 4 per ACT step).
+    states = carry_b.inner_carry.router_states
+    if controller != "classical":
+        assert states["H"].step.tolist() == [2] * 4 and states["L"].step.tolist() == [4] * 4
+
+
+def test_router_state_lives_in_carry_resets_for_halted_rows_and_is_detached():
+    model = make_model("hrm", T=2)
+    model.eval()
+    batch = make_batch()
+    carry = model.initial_carry(batch)
+    carry, *_ = model(carry=carry, batch=batch)
+    state = carry.inner_carry.router_states["L"]
+    assert isinstance(state, HRMState) and not state.z_L.requires_grad and state.z_L.abs().sum() > 0
+    carry.halted = torch.tensor([True, False, False, True])
+    reset = model.model.inner.reset_carry(carry.halted, carry.inner_carry).router_states["L"]
+    assert reset.step.tolist() == [0, 4, 4, 0]
+    assert torch.equal(reset.z_L[0], torch.zeros(32)) and torch.equal(reset.z_L[1], state.z_L[1])
+    carry, *_ = model(carry=carry, batch=batch)
+    assert carry.inner_carry.router_states["L"].step.tolist() == [4, 8, 8, 4]
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+def test_only_the_last_calls_carry_gradient_to_the_controllers(controller):
+    # Every call updates the slow state (T=1, max_ponders=1), so its GRU is on the gradient path too.
+    model = make_model(controller, **{"classical": {}, "hrm": {"T": 1}, "hrm_act": {"max_ponders": 1}}[controller])
+    model.train()
+    batch = make_batch()
+    _, loss, metrics, outputs, _ = model(carry=model.initial_carry(batch), batch=batch,
+                                         return_keys=["routing_alphas_H", "routing_alphas_L"])
+    loss.backward()
+    for name, p in model.named_parameters():
+        if ".router." in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert outputs["routing_alphas_H"].shape == (4, 2, 4) and outputs["routing_alphas_L"].shape == (4, 4, 4)
+    for level in ("H", "L"):
+        for key in ("routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature"):
+            assert f"routing/{key}_{level}" in metrics
+    if controller == "hrm_act":
+        assert "routing/ponder_cost_H" in metrics and "routing/n_H_updates_L" in metrics
+
+
+def test_entropy_bonus_and_ponder_cost_enter_the_loss():
+    model = make_model("hrm_act")
+    model.train()
+    batch = make_batch()
+    torch.manual_seed(0)
+    _, base_loss, *_ = model(carry=model.initial_carry(batch), batch=batch)
+    model.routing_entropy_weight.fill_(0.1)
+    model.routing_ponder_weight.fill_(0.2)
+    torch.manual_seed(0)
+    _, loss, _, outputs, _ = model(carry=model.initial_carry(batch), batch=batch,
+                                   return_keys=["routing_entropy", "routing_ponder_cost"])
+    expected = base_loss - 0.1 * 4 * outputs["routing_entropy"] + 0.2 * outputs["routing_ponder_cost"]
+    torch.testing.assert_close(loss, expected)
+
+
+class _Config:
+    lr, puzzle_emb_lr, weight_decay, puzzle_emb_weight_decay, beta1, beta2 = 1e-4, 1e-2, 0.1, 0.1, 0.9, 0.95
+    arch = {"routing": {"controller_lr": 3e-5}}
+
+
+def test_schedules_freeze_and_clip():
+    model = make_model("hrm", temperature_init=2.0, temperature_min=0.7, temperature_decay=0.5, entropy_reg=1e-3,
+                       entropy_decay_epochs=2, warmup_epochs=1, schedule_epoch_steps=10, controller_clip=0.5,
+                       encoder_clip=1.0)
+    schedule = RoutingSchedule(model, model.model.config.routing, total_steps=1000)
+    assert [schedule.epoch(s) for s in (1, 10, 11, 30)] == [0, 0, 1, 2]
+    assert [schedule.temperature(e) for e in (0, 1, 2)] == [2.0, 1.0, 0.7]
+    assert [schedule.entropy_weight(e) for e in (0, 1, 2, 4)] == [1e-3, 1e-3, 5e-4, 2.5e-4]
+    schedule.before_step(21)
+    assert model.model.inner.H_level.router.temperature == 0.7
+    assert model.routing_entropy_weight.item() == pytest.approx(5e-4)
+
+    _, adam = build_optimizers(model, _Config, world_size=1)
+    assert [g["base_lr"] for g in adam.param_groups] == [1e-4, 3e-5]
+    assert {id(p) for p in adam.param_groups[1]["params"]} == {id(p) for p in schedule.router_params}
+
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    schedule.before_optimizer_step(5)  # warm-up: controllers frozen
+    assert all(p.grad is None for p in schedule.router_params)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in schedule.encoder_params]))
+    assert norm.item() == pytest.approx(1.0, rel=1e-5)
+    for p in schedule.router_params:
+        p.grad = torch.full_like(p, 10.0)
+    schedule.before_optimizer_step(15)  # after warm-up: clipped to 0.5
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in schedule.router_params]))
+    assert norm.item() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_default_schedule_epoch_is_a_twentieth_of_the_run():
+    model = make_model("classical")
+    assert RoutingSchedule(model, model.model.config.routing, total_steps=2000).steps_per_epoch == 100
