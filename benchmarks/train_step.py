@@ -83,7 +83,9 @@ def main():
                       device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu",
                       steps_per_second=round(args.steps / elapsed, 3),
                       peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if ctx.device.type == "cuda" else None,
-                      final_lm_loss=float(metrics["lm_loss"]) / global_batch)
+                      final_lm_loss=float(metrics["lm_loss"]) / global_batch,
+                      routing=arch.get("routing", {}).get("controller", "none"),
+                      compiled_graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"])
         print(json.dumps(result))
     teardown_distributed()
 

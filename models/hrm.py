@@ -301,7 +301,7 @@ def routing_outputs(routing_aux: Dict[str, List[dict]]) -> Dict[str, torch.Tenso
             if "n_H_updates" in last else None
         if "ponder_cost" in last:
             diagnostics["ponder_cost"] = last["ponder_cost"].detach()
-        diagnostics["temperature"] = torch.full((), last["temperature"], device=last["alphas"].device)
+        diagnostics["temperature"] = last["temperature"].detach().float()
         for name, value in diagnostics.items():
             if value is not None:
                 outputs[f"routing/{name}_{level}"] = value

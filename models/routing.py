@@ -19,14 +19,14 @@ across calls is the caller's business. Routing runs in the controller's paramete
 whatever the activations' dtype; callers cast `alphas` when mixing.
 
 `aux` holds `router_logits`, `alphas`, `entropy` (differentiable scalar: mean routing entropy),
-`temperature` (float) and, with top-k, `topk_idx`; the HRM controllers add `n_H_updates` (how many
+`temperature` (0-d tensor) and, with top-k, `topk_idx`; the HRM controllers add `n_H_updates` (how many
 sequences' slow state updated in this call) and the ACT one `halt_prob` and `ponder_cost`.
 `return_aux=False` gives an empty dict.
 
-Temperature is a plain float attribute changed by `set_temperature`, never a parameter, so the optimizer
-cannot undo an annealing schedule. The forward has no data-dependent Python branching and no host syncs,
-so it runs under `torch.compile` (a new temperature costs one recompilation, after which it is traced as
-a symbol); a recurrent state is a dataclass of tensors threaded by the caller.
+Temperature is a buffer changed in place by `set_temperature`, never a parameter, so the optimizer cannot
+undo an annealing schedule, and a compiled model reads the new value without recompiling (a Python float
+would be baked into the compiled graph). The forward has no data-dependent Python branching and no host
+syncs, so it runs under `torch.compile`; a recurrent state is a dataclass of tensors threaded by the caller.
 """
 from __future__ import annotations
 
@@ -92,11 +92,18 @@ class RoutingController(nn.Module):
         self.n_heads = n_heads
         self.topk = topk
         self.temperature_min = temperature_min
+        # Not persistent: the schedule owns it, and checkpoints keep only learned weights. float64 holds the
+        # set value exactly; dividing float32 logits by a 0-d tensor keeps them float32.
+        self.register_buffer("temperature_tensor", torch.zeros((), dtype=torch.float64), persistent=False)
         self.set_temperature(temperature_init)
 
     def set_temperature(self, temperature: float) -> None:
         """Set the softmax temperature, clamped from below at `temperature_min`."""
-        self.temperature = max(float(temperature), self.temperature_min)
+        self.temperature_tensor.fill_(max(float(temperature), self.temperature_min))
+
+    @property
+    def temperature(self) -> float:
+        return self.temperature_tensor.item()
 
     def route(self, logits: torch.Tensor, token_mask: Optional[torch.Tensor],
               return_aux: bool) -> Tuple[torch.Tensor, Aux]:
@@ -104,7 +111,7 @@ class RoutingController(nn.Module):
 
         `token_mask` (per-token routing only) leaves padded tokens out of the entropy average.
         """
-        probs = torch.softmax(logits / self.temperature, dim=-1)
+        probs = torch.softmax(logits / self.temperature_tensor, dim=-1)
         alphas, topk_idx = probs, None
         if self.topk is not None:
             top_probs, topk_idx = probs.topk(self.topk, dim=-1)
@@ -115,7 +122,7 @@ class RoutingController(nn.Module):
         if entropy.ndim == 2:  # per token: average over kept tokens first, then over the batch
             entropy = masked_mean(entropy, token_mask)
         aux: Aux = {"router_logits": logits, "alphas": alphas, "entropy": entropy.mean(),
-                    "temperature": self.temperature}
+                    "temperature": self.temperature_tensor}
         if topk_idx is not None:
             aux["topk_idx"] = topk_idx
         return alphas, aux

@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         top_heads = alphas.mean(0).topk(n_top).indices.tolist()
         slow_update = "n_H_updates" in aux and aux["n_H_updates"].item() > 0
         print(f"iter {iteration:3d}  entropy {stats['routing_entropy_mean'].item():.4f}  "
-              f"max_prob {stats['top1_share'].item():.4f}  temp {aux['temperature']:.3f}  "
+              f"max_prob {stats['top1_share'].item():.4f}  temp {float(aux['temperature']):.3f}  "
               f"top_heads {','.join(map(str, top_heads))}" + ("  H-update" if slow_update else ""))
 
 

@@ -123,13 +123,12 @@ def test_entropy_bonus_and_ponder_cost_enter_the_loss():
 
 class _Config:
     lr, puzzle_emb_lr, weight_decay, puzzle_emb_weight_decay, beta1, beta2 = 1e-4, 1e-2, 0.1, 0.1, 0.9, 0.95
-    arch = {"routing": {"controller_lr": 3e-5}}
 
 
 def test_schedules_freeze_and_clip():
     model = make_model("hrm", temperature_init=2.0, temperature_min=0.7, temperature_decay=0.5, entropy_reg=1e-3,
                        entropy_decay_epochs=2, warmup_epochs=1, schedule_epoch_steps=10, controller_clip=0.5,
-                       encoder_clip=1.0)
+                       encoder_clip=1.0, controller_lr=3e-5)
     schedule = RoutingSchedule(model, model.model.config.routing, total_steps=1000)
     assert [schedule.epoch(s) for s in (1, 10, 11, 30)] == [0, 0, 1, 2]
     assert [schedule.temperature(e) for e in (0, 1, 2)] == [2.0, 1.0, 0.7]

@@ -50,7 +50,7 @@ def test_forward_shapes_normalisation_and_aux(kind):
     assert set(aux) >= {"router_logits", "alphas", "entropy", "temperature"}
     assert aux["router_logits"].shape == (B, HEADS)
     assert aux["entropy"].shape == () and aux["entropy"].requires_grad
-    assert isinstance(aux["temperature"], float)
+    assert aux["temperature"].shape == () and aux["temperature"].item() == controller.temperature
     assert "topk_idx" not in aux
     if kind == "classical":
         assert state is None and controller.init_state(B, torch.device("cpu")) is None
@@ -151,7 +151,7 @@ def test_temperature_clamps_at_minimum_and_sharpens(kind):
     for temperature in (4.0, 1.0, 0.5):
         controller.set_temperature(temperature)
         alphas, _, aux = controller(x)
-        assert aux["temperature"] == temperature
+        assert aux["temperature"].item() == temperature
         torch.testing.assert_close(alphas, torch.softmax(aux["router_logits"] / temperature, dim=-1))
         results[temperature] = (alphas, aux)
     # Temperature scales the logits, never the logits themselves.

@@ -36,6 +36,6 @@ def build_optimizers(model: nn.Module, config, world_size: int) -> List[torch.op
     groups = [dict(params=[p for name, p in named if not is_router_parameter(name)], base_lr=config.lr)]
     router_params = [p for name, p in named if is_router_parameter(name)]
     if router_params:  # routing controllers learn at their own rate
-        groups.append(dict(params=router_params, base_lr=config.arch["routing"]["controller_lr"]))
+        groups.append(dict(params=router_params, base_lr=model.model.config.routing.controller_lr))
     optimizers.append(AdamATan2(groups, lr=0, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
     return optimizers
