@@ -92,9 +92,9 @@ class RoutingController(nn.Module):
         self.n_heads = n_heads
         self.topk = topk
         self.temperature_min = temperature_min
-        # Not persistent: the schedule owns it, and checkpoints keep only learned weights. float64 holds the
-        # set value exactly; dividing float32 logits by a 0-d tensor keeps them float32.
-        self.register_buffer("temperature_tensor", torch.zeros((), dtype=torch.float64), persistent=False)
+        # Persistent, so a checkpoint evaluates at the temperature it was trained to. float64 holds the set
+        # value exactly; dividing float32 logits by a 0-d tensor keeps them float32.
+        self.register_buffer("temperature_tensor", torch.zeros((), dtype=torch.float64))
         self.set_temperature(temperature_init)
 
     def set_temperature(self, temperature: float) -> None:
