@@ -271,6 +271,15 @@ def restore_full_state(state: TrainState, resume: str, ctx: DistributedContext) 
         torch.cuda.set_rng_state(mine["cuda_rng"], ctx.device)
 
 
+def log_train_metrics(accumulator: TrainMetricsAccumulator, logger: Optional[MetricsLogger], state: TrainState,
+                      config: PretrainConfig, ctx: DistributedContext) -> None:
+    reduced = accumulator.reduce(ctx, config.global_batch_size)
+    if logger is not None and reduced is not None:
+        step = min(state.step, state.total_steps)
+        lr = learning_rate(step, config.lr, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio)
+        logger.log({**reduced, "train/lr": lr}, step=step)
+
+
 def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
     """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; returns the last eval."""
     ensure_dataset(config, ctx)
@@ -310,16 +319,14 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
             state.batches_done_in_round += 1
             if metrics is not None:
                 accumulator.add(metrics)
-            if state.step % config.log_interval == 0 or state.step == state.total_steps:
-                reduced = accumulator.reduce(ctx, config.global_batch_size)
-                if logger is not None and reduced is not None:
-                    lr = learning_rate(min(state.step, state.total_steps), config.lr, config.lr_warmup_steps,
-                                       state.total_steps, config.lr_min_ratio)
-                    logger.log({**reduced, "train/lr": lr}, step=min(state.step, state.total_steps))
+            if state.step % config.log_interval == 0:
+                log_train_metrics(accumulator, logger, state, config, ctx)
             if config.checkpoint_interval and state.step % config.checkpoint_interval == 0:
                 save_full_state(state, config, ctx)
         state.rounds_done += 1
         state.batches_done_in_round = 0
+        if state.rounds_done == config.num_rounds:
+            log_train_metrics(accumulator, logger, state, config, ctx)  # the last, partial log interval
 
         state.model.eval()
         outputs_path = os.path.join(config.checkpoint_path, f"step_{state.step}_all_preds")
