@@ -14,7 +14,7 @@ LOSS_HEADS = {"losses@ACTLossHead": ACTLossHead}
 
 def validate_arch(arch: Dict[str, Any], *, batch_size: int = 1, seq_len: int = 1, vocab_size: int = 1,
                   num_puzzle_identifiers: int = 1) -> Tuple[str, HRMConfig, str, str]:
-    """Check an arch config (SPEC keys plus `name` and `loss`) without building weights.
+    """Check an arch config (the reference arch keys plus `name` and `loss`) without building weights.
 
     Returns `(name, model config, loss head name, loss type)`; unknown or bad keys raise ConfigError.
     The size defaults are placeholders for checking a config before the dataset is read.

@@ -10,7 +10,7 @@ BETA1, BETA2 = 0.9, 0.95
 
 
 def scalar_update(p, g, m, v, t, lr, wd):
-    """SPEC section 3 for one float64 scalar, written out by hand."""
+    """The reference Adam-atan2 update for one float64 scalar, written out by hand."""
     p = p * (1 - lr * wd)
     m = BETA1 * m + (1 - BETA1) * g
     v = BETA2 * v + (1 - BETA2) * g * g

@@ -6,7 +6,7 @@ from models import build_model
 from models.checkpoint import COMPILED_PREFIX, load_model_weights, read_state_dict
 from models.config_validation import ConfigError
 
-# SPEC section 6 architecture with the Sudoku dataset's sizes.
+# The published architecture with the Sudoku dataset's sizes.
 SUDOKU_ARCH = dict(
     name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
     loss=dict(name="losses@ACTLossHead", loss_type="stablemax_cross_entropy"),

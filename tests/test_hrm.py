@@ -37,7 +37,7 @@ def randomise_puzzle_embedding(model):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A slow reference of SPEC section 1, written from the state dict alone with explicit formulas.
+# A slow reference of the reference release's model, written from the state dict alone with explicit formulas.
 
 def ref_linear(x, w, b=None):
     y = torch.einsum("...i,oi->...o", x, w)

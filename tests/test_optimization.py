@@ -1,4 +1,4 @@
-"""Learning-rate schedule and optimizer set-up against SPEC section 3."""
+"""Learning-rate schedule and optimizer set-up against the reference release's formulas."""
 import math
 
 import pytest
