@@ -9,16 +9,12 @@ import json
 import os
 import sys
 
-import torch
-
-from dataset.puzzle_dataset import DatasetFormatError, create_dataloader
-from models import build_model
 from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
 from training import checkpointing
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.trainer import TrainState, evaluate
+from training.trainer import TrainState, create_loader, create_model, evaluate, maybe_compile
 
 
 def parse_args(argv):
@@ -54,25 +50,14 @@ def main(argv=None) -> int:
             values["data_path"] = args.data_path
         if args.global_batch_size:
             values["global_batch_size"] = args.global_batch_size
+        if args.no_compile:
+            values["compile"] = False
         config = load_config(values)
-        if config.global_batch_size % ctx.world_size != 0:
-            raise ConfigError(f"global batch size {config.global_batch_size} must be divisible by {ctx.world_size} processes")
-        try:
-            loader, metadata = create_dataloader(config.data_path, "test", seed=config.seed,
-                                                 global_batch_size=config.global_batch_size, test_set_mode=True,
-                                                 epochs_per_iter=1, rank=ctx.rank, world_size=ctx.world_size)
-        except DatasetFormatError as e:
-            raise ConfigError(f"data path: {e}") from None
-
-        model = build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size,
-                            seq_len=metadata.seq_len, vocab_size=metadata.vocab_size,
-                            num_puzzle_identifiers=metadata.num_puzzle_identifiers)
+        loader, metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
+        model = create_model(config, metadata, ctx)
         load_model_weights(model, args.checkpoint)
-        model = model.to(ctx.device).eval()
-        runnable = model
-        if ctx.device.type == "cuda" and config.compile and not args.no_compile and not os.environ.get("DISABLE_COMPILE"):
-            runnable = torch.compile(model, dynamic=False)
-        state = TrainState(model=runnable, base_model=model, optimizers=[], total_steps=0)
+        model.eval()
+        state = TrainState(model=maybe_compile(model, config, ctx), base_model=model, optimizers=[], total_steps=0)
 
         save_outputs = [k for k in args.save_outputs.split(",") if k]
         metrics = evaluate(state, loader, metadata, ctx, save_outputs, outputs_path=f"{args.checkpoint}_all_preds")

@@ -4,8 +4,10 @@ Every file is written to a temporary name and renamed into place, so a crash nev
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List
 
 import torch
 import yaml
@@ -14,18 +16,32 @@ CONFIG_FILE = "all_config.yaml"
 TRAIN_STATE_FILE = "train_state.pt"
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path to write; it replaces `path` only if the block succeeds."""
     tmp_path = f"{path}.tmp"
-    torch.save(obj, tmp_path)
-    os.replace(tmp_path, path)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    with atomic_path(path) as tmp_path:
+        torch.save(obj, tmp_path)
+
+
+def write_jsonl(path: str, rows: List[dict]) -> None:
+    with atomic_path(path) as tmp_path, open(tmp_path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def write_config(run_dir: str, config_dict: Dict[str, Any]) -> None:
     os.makedirs(run_dir, exist_ok=True)
-    tmp_path = os.path.join(run_dir, CONFIG_FILE + ".tmp")
-    with open(tmp_path, "w") as f:
+    with atomic_path(os.path.join(run_dir, CONFIG_FILE)) as tmp_path, open(tmp_path, "w") as f:
         yaml.safe_dump(config_dict, f, sort_keys=True)
-    os.replace(tmp_path, os.path.join(run_dir, CONFIG_FILE))
 
 
 def read_config(run_dir: str) -> Dict[str, Any]:
@@ -60,7 +76,3 @@ def resolve_resume_path(resume: str) -> str:
 def load_train_state(resume: str) -> Dict[str, Any]:
     return torch.load(resolve_resume_path(resume), map_location="cpu", weights_only=False)
 
-
-def latest_step_file(run_dir: str) -> Optional[str]:
-    steps = [int(name[5:]) for name in os.listdir(run_dir) if name.startswith("step_") and name[5:].isdigit()]
-    return os.path.join(run_dir, f"step_{max(steps)}") if steps else None

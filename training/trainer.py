@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import subprocess
@@ -67,19 +66,40 @@ def ensure_dataset(config: PretrainConfig, ctx: DistributedContext) -> None:
                           f"build it with: python {command}")
 
 
-def create_train_state(config: PretrainConfig, metadata, ctx: DistributedContext) -> TrainState:
+def create_loader(config: PretrainConfig, split: str, ctx: DistributedContext, test_set_mode: bool, epochs_per_iter: int):
+    """This rank's loader of `split` and its metadata; a bad dataset folder is a ConfigError with a hint."""
     if config.global_batch_size % ctx.world_size != 0:
         raise ConfigError(f"invalid config: global_batch_size ({config.global_batch_size}) must be divisible by "
                           f"the number of processes ({ctx.world_size})")
+    try:
+        return create_dataloader(config.data_path, split, seed=config.seed, global_batch_size=config.global_batch_size,
+                                 test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=ctx.rank,
+                                 world_size=ctx.world_size)
+    except DatasetFormatError as e:
+        hint = f"; rebuild it with: python {config.data_build_command}" if config.data_build_command else ""
+        raise ConfigError(f"data_path: {e}{hint}") from None
+
+
+def create_model(config: PretrainConfig, metadata, ctx: DistributedContext) -> nn.Module:
+    """The loss-head-wrapped model for this dataset, with this rank's share of the batch, on the device."""
+    return build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size, seq_len=metadata.seq_len,
+                       vocab_size=metadata.vocab_size,
+                       num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)
+
+
+def maybe_compile(model: nn.Module, config: PretrainConfig, ctx: DistributedContext) -> nn.Module:
+    """`torch.compile` on CUDA unless `compile=false` or DISABLE_COMPILE is set."""
+    if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
+        return torch.compile(model, dynamic=False)
+    return model
+
+
+def create_train_state(config: PretrainConfig, metadata, ctx: DistributedContext) -> TrainState:
     total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
-    base_model = build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size,
-                             seq_len=metadata.seq_len, vocab_size=metadata.vocab_size,
-                             num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)
+    base_model = create_model(config, metadata, ctx)
     if ctx.world_size > 1:
         broadcast_from_main(list(base_model.parameters()) + list(base_model.buffers()))
-    model = base_model
-    if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
-        model = torch.compile(base_model, dynamic=False)
+    model = maybe_compile(base_model, config, ctx)
     routing_config = base_model.model.config.routing
     routing = RoutingSchedule(base_model, routing_config, total_steps) if routing_config.controller != "none" else None
     return TrainState(model=model, base_model=base_model, optimizers=build_optimizers(base_model, config, ctx.world_size),
@@ -192,7 +212,7 @@ def evaluate(state: TrainState, loader, metadata, ctx: DistributedContext, save_
                 if all_halted:
                     break
             if log_routing:
-                write_jsonl(routing_log_path, routing_lines)
+                checkpointing.write_jsonl(routing_log_path, routing_lines)
                 log_routing = False  # the first batch only
             for collection in (batch, outputs):
                 for k, v in collection.items():
@@ -219,13 +239,6 @@ def evaluate(state: TrainState, loader, metadata, ctx: DistributedContext, save_
         count = values.pop("count")
         result[set_name] = {k: v / count if count else float("nan") for k, v in values.items()}
     return result
-
-
-def write_jsonl(path: str, rows: List[dict]) -> None:
-    tmp_path = f"{path}.tmp"
-    with open(tmp_path, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(tmp_path, path)
 
 
 def _gather_to_main(obj: Any, ctx: DistributedContext) -> Optional[List[Any]]:
@@ -284,16 +297,9 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
     """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; returns the last eval."""
     ensure_dataset(config, ctx)
     torch.manual_seed(config.seed + ctx.rank)
-    try:
-        train_loader, train_metadata = create_dataloader(
-            config.data_path, "train", seed=config.seed, global_batch_size=config.global_batch_size,
-            test_set_mode=False, epochs_per_iter=config.epochs_per_round, rank=ctx.rank, world_size=ctx.world_size)
-        eval_loader, eval_metadata = create_dataloader(
-            config.data_path, "test", seed=config.seed, global_batch_size=config.global_batch_size,
-            test_set_mode=True, epochs_per_iter=1, rank=ctx.rank, world_size=ctx.world_size)
-    except DatasetFormatError as e:
-        hint = f"; rebuild it with: {config.data_build_command}" if config.data_build_command else ""
-        raise ConfigError(f"data_path: {e}{hint}") from None
+    train_loader, train_metadata = create_loader(config, "train", ctx, test_set_mode=False,
+                                                 epochs_per_iter=config.epochs_per_round)
+    eval_loader, eval_metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
 
     state = create_train_state(config, train_metadata, ctx)
     if config.resume:
