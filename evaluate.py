@@ -14,7 +14,8 @@ from models.config_validation import ConfigError
 from training import checkpointing
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.trainer import TrainState, create_loader, create_model, evaluate, maybe_compile
+from training.build import create_loader, create_model, maybe_compile
+from training.evaluation import SAVABLE_OUTPUTS, evaluate
 
 
 def parse_args(argv):
@@ -23,7 +24,7 @@ def parse_args(argv):
     parser.add_argument("--data-path", help="evaluate on this dataset folder instead of the run's data_path")
     parser.add_argument("--save-outputs", default="",
                         help="comma-separated outputs to save beside the checkpoint as step_N_all_preds.<rank>: any of "
-                             "inputs, labels, puzzle_identifiers, logits, q_halt_logits, q_continue_logits")
+                             + ", ".join(SAVABLE_OUTPUTS))
     parser.add_argument("--global-batch-size", type=int, help="override the run's global batch size (memory)")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile on CUDA")
     # The reference's Hydra-style `checkpoint=PATH` is accepted as a positional argument.
@@ -36,6 +37,10 @@ def parse_args(argv):
         args.checkpoint = value
     if not args.checkpoint:
         parser.error("--checkpoint PATH is required")
+    args.save_outputs = [name for name in args.save_outputs.split(",") if name]
+    unknown = [name for name in args.save_outputs if name not in SAVABLE_OUTPUTS]
+    if unknown:
+        parser.error(f"--save-outputs: unknown output(s) {', '.join(unknown)}; choose from {', '.join(SAVABLE_OUTPUTS)}")
     return args
 
 
@@ -56,11 +61,8 @@ def main(argv=None) -> int:
         loader, metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
         model = create_model(config, metadata, ctx)
         load_model_weights(model, args.checkpoint)
-        model.eval()
-        state = TrainState(model=maybe_compile(model, config, ctx), base_model=model, optimizers=[], total_steps=0)
-
-        save_outputs = [k for k in args.save_outputs.split(",") if k]
-        metrics = evaluate(state, loader, metadata, ctx, save_outputs, outputs_path=f"{args.checkpoint}_all_preds")
+        metrics = evaluate(maybe_compile(model, config, ctx), loader, metadata, ctx, args.save_outputs,
+                           outputs_path=f"{args.checkpoint}_all_preds")
         if ctx.is_main:
             print(json.dumps(metrics, indent=2))
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from models.config_validation import ConfigError
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.trainer import run_training
+from training.loop import run_training
 
 
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)

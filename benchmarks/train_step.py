@@ -6,18 +6,14 @@ measures the distributed step (gradient sums and embedding all-gather included) 
 """
 import argparse
 import json
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dataset.common import PuzzleDatasetMetadata  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.distributed import setup_distributed, teardown_distributed  # noqa: E402
-from training.trainer import create_train_state, train_step  # noqa: E402
+from dataset.common import PuzzleDatasetMetadata
+from training.config import load_config
+from training.distributed import setup_distributed, teardown_distributed
+from training.loop import create_train_state, train_step
 
 # Dataset shapes of the published tasks: (seq_len, vocab_size, num_puzzle_identifiers).
 TASK_SHAPES = {"sudoku": (81, 11, 1), "maze": (900, 6, 1), "arc": (900, 12, 960_000)}
@@ -73,7 +69,7 @@ def main():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for step in range(args.steps):
-        metrics = train_step(state, batches[step % 4], config, ctx, global_batch)
+        result = train_step(state, batches[step % 4], config, ctx, global_batch)
     synchronize()
     elapsed = time.perf_counter() - start
     if ctx.is_main:
@@ -83,7 +79,7 @@ def main():
                       device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu",
                       steps_per_second=round(args.steps / elapsed, 3),
                       peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if ctx.device.type == "cuda" else None,
-                      final_lm_loss=float(metrics["lm_loss"]) / global_batch,
+                      final_lm_loss=float(result.metrics.losses["lm_loss"]) / global_batch,
                       routing=arch.get("routing", {}).get("controller", "none"),
                       compiled_graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"])
         print(json.dumps(result))

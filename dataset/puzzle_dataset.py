@@ -86,8 +86,12 @@ class PuzzleDataset(IterableDataset):
     final short batch; test passes walk every example in order and pad the last batch.
     """
 
-    def __init__(self, config: PuzzleDatasetConfig, split: str = "train"):
+    def __init__(self, config: PuzzleDatasetConfig, split: str = "train", start_round: int = 0):
+        """`start_round`: training passes over the whole dataset already made (a resumed run's rounds), so
+        the next pass draws the order that round would have drawn."""
         super().__init__()
+        if start_round < 0:
+            raise ValueError(f"start_round must be >= 0, got {start_round}")
         if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
             raise ValueError(f"rank {config.rank} must lie in 0..num_replicas-1 (num_replicas {config.num_replicas})")
         if config.global_batch_size < 1 or config.global_batch_size % config.num_replicas != 0:
@@ -111,7 +115,7 @@ class PuzzleDataset(IterableDataset):
         self.arrays: Optional[Dict[str, Dict[str, np.ndarray]]] = None  # loaded on first iteration
         # Training passes so far (one per set), seeding each pass's order; it persists across passes of this
         # object (e.g. in a persistent DataLoader worker) so every round draws a new order.
-        self.iters = 0
+        self.iters = start_round * len(self.metadata.sets)
 
     def _load_arrays(self) -> None:
         if self.arrays is not None:
@@ -190,13 +194,15 @@ class PuzzleDataset(IterableDataset):
 
 
 def create_dataloader(dataset_path: str, split: str, *, seed: int, global_batch_size: int, test_set_mode: bool,
-                      epochs_per_iter: int, rank: int, world_size: int,
+                      epochs_per_iter: int, rank: int, world_size: int, start_round: int = 0,
                       pin_memory: Optional[bool] = None) -> Tuple[DataLoader, PuzzleDatasetMetadata]:
-    """A DataLoader over one split with one persistent worker (it keeps the round counter between passes)."""
+    """A DataLoader over one split with one persistent worker (it keeps the round counter between passes).
+
+    `start_round` is the number of training rounds (passes over the split) already done, for resume."""
     config = PuzzleDatasetConfig(seed=seed, dataset_path=dataset_path, global_batch_size=global_batch_size,
                                  test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=rank,
                                  num_replicas=world_size)
-    dataset = PuzzleDataset(config, split=split)
+    dataset = PuzzleDataset(config, split=split, start_round=start_round)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     # The loader's own generator keeps its worker seeding off the global torch RNG, which training resumes

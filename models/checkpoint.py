@@ -1,15 +1,13 @@
 """Loading model weights from our checkpoints or the reference release's, compiled or not."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Union
+from typing import Dict, List, Mapping, Set, Union
 
 import torch
 from torch import nn
 
 # torch.compile wraps the module and prefixes every state-dict key with this.
 COMPILED_PREFIX = "_orig_mod."
-# Keys of routing controllers contain this (`model.inner.<level>.router.`).
-ROUTER_KEY_MARKER = ".router."
 
 
 def strip_compiled_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -27,6 +25,13 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return strip_compiled_prefix(state_dict)
 
 
+def routing_keys(model: nn.Module) -> Set[str]:
+    """State-dict keys of the model's routing controllers (none for a model without routing)."""
+    routers = {id(router) for router in model.routers().values()} if hasattr(model, "routers") else set()
+    prefixes = [f"{name}." for name, module in model.named_modules() if id(module) in routers]
+    return {key for key in model.state_dict() if any(key.startswith(prefix) for prefix in prefixes)}
+
+
 def load_model_weights(model: nn.Module, source: Union[str, Mapping[str, torch.Tensor]]) -> List[str]:
     """Load a state dict (or a path to one) into `model`, which may itself be compiled.
 
@@ -37,7 +42,8 @@ def load_model_weights(model: nn.Module, source: Union[str, Mapping[str, torch.T
     state_dict = read_state_dict(source) if isinstance(source, str) else strip_compiled_prefix(source)
     target = getattr(model, "_orig_mod", model)
     missing, unexpected = target.load_state_dict(state_dict, strict=False)
-    not_routing = [k for k in missing if ROUTER_KEY_MARKER not in k]
+    routing = routing_keys(target)
+    not_routing = [k for k in missing if k not in routing]
     if not_routing or unexpected:
         raise ValueError(f"checkpoint does not match the model: missing {not_routing or 'none'}, "
                          f"unexpected {list(unexpected) or 'none'}")

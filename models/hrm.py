@@ -12,7 +12,7 @@ from torch import nn
 
 from models.attention import resolve_backend
 from models.initializers import trunc_normal_init_
-from models.routing import RoutingConfig, build_router, routing_diagnostics
+from models.routing import Controller, RoutingConfig, RoutingOutput, build_router, summarize_routing
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.sparse_embedding import CastedSparseEmbedding
 
@@ -109,6 +109,14 @@ class ReasoningModule(nn.Module):
 
 
 @dataclass
+class ParameterGroups:
+    """The model's trained tensors, by how each is optimised (every parameter is in exactly one group)."""
+    weights: List[nn.Parameter]  # the network: Adam-atan2 at the base learning rate
+    routing: List[nn.Parameter]  # routing controllers: their own Adam-atan2 group (empty without routing)
+    puzzle_embedding: List[torch.Tensor]  # the sparse puzzle-embedding buffers: sign-SGD (empty without one)
+
+
+@dataclass
 class InnerCarry:
     z_H: torch.Tensor
     z_L: torch.Tensor
@@ -178,10 +186,21 @@ class HierarchicalReasoningModel(nn.Module):
     def levels(self) -> Dict[str, ReasoningModule]:
         return {"H": self.H_level, "L": self.L_level}
 
+    def routers(self) -> Dict[str, Controller]:
+        """The routing controller of each routed level ("H", "L"); empty without routing."""
+        return {name: level.router for name, level in self.levels().items() if hasattr(level, "router")}
+
+    def parameter_groups(self) -> ParameterGroups:
+        routing_ids = {id(p) for router in self.routers().values() for p in router.parameters()}
+        parameters = list(self.parameters())
+        return ParameterGroups(
+            weights=[p for p in parameters if id(p) not in routing_ids],
+            routing=[p for p in parameters if id(p) in routing_ids],
+            puzzle_embedding=list(self.puzzle_emb.buffers()) if self.config.puzzle_emb_ndim > 0 else [])
+
     def empty_carry(self, batch_size: int, device: torch.device) -> InnerCarry:
         shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
-        router_states = {name: level.router.init_state(batch_size, device)
-                         for name, level in self.levels().items() if hasattr(level, "router")}
+        router_states = {name: router.init_state(batch_size, device) for name, router in self.routers().items()}
         return InnerCarry(z_H=torch.empty(shape, dtype=self.config.dtype, device=device),
                           z_L=torch.empty(shape, dtype=self.config.dtype, device=device), router_states=router_states)
 
@@ -194,8 +213,8 @@ class HierarchicalReasoningModel(nn.Module):
                           router_states=router_states)
 
     def forward(self, carry: InnerCarry, batch: Batch
-                ) -> Tuple[InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor], Dict[str, List[dict]]]:
-        """One ACT step. The last element lists, per routed level, each call's router aux (in call order)."""
+                ) -> Tuple[InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor], Optional[RoutingOutput]]:
+        """One ACT step: the new carry, logits, (q_halt, q_continue) logits, and the routing (None without)."""
         cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
@@ -225,7 +244,7 @@ class HierarchicalReasoningModel(nn.Module):
                                router_states={k: s.detach() if s is not None else None for k, s in router_states.items()})
         logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
-        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), routing_aux
+        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), summarize_routing(routing_aux)
 
 
 class HierarchicalReasoningModelACT(nn.Module):
@@ -236,9 +255,16 @@ class HierarchicalReasoningModelACT(nn.Module):
         self.config = config
         self.inner = HierarchicalReasoningModel(config)
 
-    @property
-    def puzzle_emb(self):
-        return self.inner.puzzle_emb
+    def routers(self) -> Dict[str, Controller]:
+        return self.inner.routers()
+
+    def parameter_groups(self) -> ParameterGroups:
+        return self.inner.parameter_groups()
+
+    def set_routing_temperature(self, temperature: float, minimum: Optional[float] = None) -> None:
+        """Set every controller's softmax temperature (floored at `minimum` when given, else the controller's)."""
+        for router in self.routers().values():
+            router.set_temperature(temperature, minimum)
 
     def initial_carry(self, batch: Batch) -> ACTCarry:
         batch_size, device = batch["inputs"].shape[0], batch["inputs"].device
@@ -249,15 +275,17 @@ class HierarchicalReasoningModelACT(nn.Module):
             current_data={k: torch.empty_like(v) for k, v in batch.items()},
         )
 
-    def forward(self, carry: ACTCarry, batch: Batch) -> Tuple[ACTCarry, Dict[str, torch.Tensor]]:
+    def forward(self, carry: ACTCarry, batch: Batch
+                ) -> Tuple[ACTCarry, Dict[str, torch.Tensor], Optional[RoutingOutput]]:
+        """One ACT step: the new carry, the outputs (reference names: logits, q_halt_logits, q_continue_logits,
+        and target_q_continue in training) and the step's routing (None without routing)."""
         inner_carry = self.inner.reset_carry(carry.halted, carry.inner_carry)
         steps = torch.where(carry.halted, 0, carry.steps)
         current_data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
                         for k, v in carry.current_data.items()}
 
-        inner_carry, logits, (q_halt_logits, q_continue_logits), routing_aux = self.inner(inner_carry, current_data)
+        inner_carry, logits, (q_halt_logits, q_continue_logits), routing = self.inner(inner_carry, current_data)
         outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
-        outputs.update(routing_outputs(routing_aux))
 
         with torch.no_grad():
             steps = steps + 1
@@ -275,34 +303,4 @@ class HierarchicalReasoningModelACT(nn.Module):
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
 
-        return ACTCarry(inner_carry, steps, halted, current_data), outputs
-
-
-def routing_outputs(routing_aux: Dict[str, List[dict]]) -> Dict[str, torch.Tensor]:
-    """Loss terms and diagnostics of one ACT step's routing.
-
-    `routing_entropy` and `routing_ponder_cost` (differentiable) come from each level's last call, the one
-    that carries gradient. `routing_alphas_<level>` stacks every call's alphas ([B, calls, heads]; per-token
-    alphas are averaged over tokens), and `routing/<name>_<level>` are the diagnostics of the last call.
-    """
-    if not routing_aux:
-        return {}
-    outputs: Dict[str, torch.Tensor] = {}
-    last_calls = [calls[-1] for calls in routing_aux.values()]
-    outputs["routing_entropy"] = torch.stack([aux["entropy"] for aux in last_calls]).mean()
-    if all("ponder_cost" in aux for aux in last_calls):
-        outputs["routing_ponder_cost"] = torch.stack([aux["ponder_cost"] for aux in last_calls]).sum()
-    for level, calls in routing_aux.items():
-        alphas = [aux["alphas"].mean(dim=1) if aux["alphas"].ndim == 3 else aux["alphas"] for aux in calls]
-        outputs[f"routing_alphas_{level}"] = torch.stack(alphas, dim=1).detach()
-        last = calls[-1]
-        diagnostics = routing_diagnostics(last["alphas"].detach())
-        diagnostics["n_H_updates"] = torch.stack([aux["n_H_updates"] for aux in calls]).sum().float() \
-            if "n_H_updates" in last else None
-        if "ponder_cost" in last:
-            diagnostics["ponder_cost"] = last["ponder_cost"].detach()
-        diagnostics["temperature"] = last["temperature"].detach().float()
-        for name, value in diagnostics.items():
-            if value is not None:
-                outputs[f"routing/{name}_{level}"] = value
-    return outputs
+        return ACTCarry(inner_carry, steps, halted, current_data), outputs, routing

@@ -1,14 +1,16 @@
 """Losses and the ACT loss head: stablemax / softmax cross entropy, Q-learning halting losses, metrics."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.common import IGNORE_LABEL_ID
-from models.hrm import ACTCarry, Batch
+from models.hrm import ACTCarry, Batch, ParameterGroups
+from models.routing import Controller, RoutingOutput
 
 
 def stablemax(x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +42,30 @@ def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
 LOSS_FUNCTIONS = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
 
 
+@dataclass
+class StepMetrics:
+    """One call's metrics, grouped by how they are reduced; all are sums on the device.
+
+    count: sequences that finished in this call and have labels. per_sequence (accuracy, exact_accuracy,
+    q_halt_accuracy, steps) sums over those sequences: report them divided by `count`. losses (lm_loss,
+    q_halt_loss and, in training, q_continue_loss) sum over the whole batch: training reports them
+    divided by the global batch size, evaluation (as the reference does) by `count`.
+    """
+    count: torch.Tensor
+    per_sequence: Dict[str, torch.Tensor]
+    losses: Dict[str, torch.Tensor]
+
+
+@dataclass
+class LossHeadOutput:
+    carry: ACTCarry
+    loss: torch.Tensor  # summed over the batch; training scales it by 1 / global batch size
+    metrics: StepMetrics
+    outputs: Dict[str, torch.Tensor]  # the requested `return_keys`, detached
+    routing: Optional[RoutingOutput]  # None without routing
+    all_halted: torch.Tensor
+
+
 class ACTLossHead(nn.Module):
     """Wraps the ACT model: computes LM and Q losses and the halted sequences' metrics each call."""
 
@@ -57,9 +83,23 @@ class ACTLossHead(nn.Module):
     def initial_carry(self, batch: Batch) -> ACTCarry:
         return self.model.initial_carry(batch)
 
-    def forward(self, carry: ACTCarry, batch: Batch, return_keys: Sequence[str] = ()
-                ) -> Tuple[ACTCarry, torch.Tensor, Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
-        new_carry, outputs = self.model(carry=carry, batch=batch)
+    def routers(self) -> Dict[str, Controller]:
+        """The routing controller of each routed level ("H", "L"); empty without routing."""
+        return self.model.routers()
+
+    def parameter_groups(self) -> ParameterGroups:
+        return self.model.parameter_groups()
+
+    def set_routing_temperature(self, temperature: float, minimum: Optional[float] = None) -> None:
+        self.model.set_routing_temperature(temperature, minimum)
+
+    def set_routing_loss_weights(self, entropy: float, ponder: float) -> None:
+        """Weights of the entropy bonus and the ponder cost (in-place: a compiled model does not recompile)."""
+        self.routing_entropy_weight.fill_(entropy)
+        self.routing_ponder_weight.fill_(ponder)
+
+    def forward(self, carry: ACTCarry, batch: Batch, return_keys: Sequence[str] = ()) -> LossHeadOutput:
+        new_carry, outputs, routing = self.model(carry=carry, batch=batch)
         labels = new_carry.current_data["labels"]
 
         with torch.no_grad():
@@ -70,8 +110,7 @@ class ACTLossHead(nn.Module):
             seq_is_correct = is_correct.sum(-1) == label_counts
             # Metrics count only sequences that finished this call and have something to predict.
             valid = new_carry.halted & (label_counts > 0)
-            metrics = {
-                "count": valid.sum(),
+            per_sequence = {
                 "accuracy": torch.where(valid, (is_correct.to(torch.float32) / divisor).sum(-1), 0).sum(),
                 "exact_accuracy": (valid & seq_is_correct).sum(),
                 "q_halt_accuracy": (valid & ((outputs["q_halt_logits"] >= 0) == seq_is_correct)).sum(),
@@ -81,21 +120,22 @@ class ACTLossHead(nn.Module):
         lm_loss = (self.loss_fn(outputs["logits"], labels) / divisor).sum()
         q_halt_loss = F.binary_cross_entropy_with_logits(
             outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype), reduction="sum")
-        metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
+        losses = {"lm_loss": lm_loss.detach(), "q_halt_loss": q_halt_loss.detach()}
         q_continue_loss = 0
         if "target_q_continue" in outputs:
             q_continue_loss = F.binary_cross_entropy_with_logits(
                 outputs["q_continue_logits"], outputs["target_q_continue"], reduction="sum")
-            metrics["q_continue_loss"] = q_continue_loss.detach()
+            losses["q_continue_loss"] = q_continue_loss.detach()
 
-        detached_outputs = {k: outputs[k].detach() for k in return_keys if k in outputs}
         total_loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
-        if "routing_entropy" in outputs:
+        if routing is not None:
             # Entropy is a bonus (subtracted): it keeps routing spread over heads early in training. Routing
             # terms are per sequence like the other losses, so they scale with the batch before 1/global batch.
             batch_size = labels.shape[0]
-            total_loss = total_loss - self.routing_entropy_weight * batch_size * outputs["routing_entropy"]
-            if "routing_ponder_cost" in outputs:
-                total_loss = total_loss + self.routing_ponder_weight * outputs["routing_ponder_cost"]
-            metrics.update({k: v for k, v in outputs.items() if k.startswith("routing/")})
-        return new_carry, total_loss, metrics, detached_outputs, new_carry.halted.all()
+            total_loss = total_loss - self.routing_entropy_weight * batch_size * routing.entropy
+            if routing.ponder_cost is not None:
+                total_loss = total_loss + self.routing_ponder_weight * routing.ponder_cost
+        return LossHeadOutput(carry=new_carry, loss=total_loss,
+                              metrics=StepMetrics(count=valid.sum(), per_sequence=per_sequence, losses=losses),
+                              outputs={k: outputs[k].detach() for k in return_keys if k in outputs},
+                              routing=routing, all_halted=new_carry.halted.all())

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Dict, Literal, Optional, Tuple, Union
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import pydantic
 import torch
@@ -40,6 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 Aux = Dict[str, object]
+
+# The one default temperature pair (soft start, sharper floor), used by every controller and by training's
+# temperature schedule.
+DEFAULT_TEMPERATURE_INIT = 2.0
+DEFAULT_TEMPERATURE_MIN = 0.7
 
 
 def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -97,8 +102,12 @@ class RoutingController(nn.Module):
         self.register_buffer("temperature_tensor", torch.zeros((), dtype=torch.float64))
         self.set_temperature(temperature_init)
 
-    def set_temperature(self, temperature: float) -> None:
-        """Set the softmax temperature, clamped from below at `temperature_min`."""
+    def set_temperature(self, temperature: float, minimum: Optional[float] = None) -> None:
+        """Set the softmax temperature, clamped from below at `temperature_min` (replaced by `minimum` if given)."""
+        if minimum is not None:
+            if minimum <= 0:
+                raise ValueError(f"temperature minimum must be positive, got {minimum}")
+            self.temperature_min = minimum
         self.temperature_tensor.fill_(max(float(temperature), self.temperature_min))
 
     @property
@@ -136,8 +145,9 @@ def check_per_token_input(x: torch.Tensor, per_token: bool) -> None:
 class PointerOverHeadsController(RoutingController):
     """Stateless router: an MLP maps the (pooled or per-token) hidden state to logits over the heads."""
 
-    def __init__(self, d_model: int, n_heads: int, d_hidden: Optional[int] = None, *, temperature_init: float = 1.0,
-                 temperature_min: float = 0.1, topk: Optional[int] = None, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, d_hidden: Optional[int] = None, *,
+                 temperature_init: float = DEFAULT_TEMPERATURE_INIT, temperature_min: float = DEFAULT_TEMPERATURE_MIN,
+                 topk: Optional[int] = None, dropout: float = 0.0):
         super().__init__(n_heads, topk, temperature_init, temperature_min)
         self.router = router_mlp(d_model, d_hidden or d_model, n_heads, dropout)
 
@@ -190,14 +200,10 @@ class TwoTimescaleController(RoutingController):
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ctrl: Optional[int], *, topk: Optional[int],
-                 temperature_init: float, temperature_min: float, entropy_reg: float, use_layernorm: bool,
-                 dropout: float):
+                 temperature_init: float, temperature_min: float, use_layernorm: bool, dropout: float):
         super().__init__(n_heads, topk, temperature_init, temperature_min)
         d_ctrl = d_ctrl or d_model
         self.d_ctrl = d_ctrl
-        # Weight of the entropy bonus the trainer applies, `loss - entropy_reg * aux["entropy"]`. It stays
-        # out of the forward so that decaying it never changes the computation graph.
-        self.entropy_reg = entropy_reg
         self.input_proj = nn.Linear(d_model, d_ctrl)
         self.f_L = nn.GRUCell(2 * d_ctrl, d_ctrl)
         self.f_H = nn.GRUCell(d_ctrl, d_ctrl)
@@ -244,11 +250,10 @@ class HRMPointerController(TwoTimescaleController):
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ctrl: Optional[int] = None, *, T: int = 4,
-                 topk: Optional[int] = None, temperature_init: float = 2.0, temperature_min: float = 0.7,
-                 entropy_reg: float = 1e-3, use_layernorm: bool = True, dropout: float = 0.0):
+                 topk: Optional[int] = None, temperature_init: float = DEFAULT_TEMPERATURE_INIT,
+                 temperature_min: float = DEFAULT_TEMPERATURE_MIN, use_layernorm: bool = True, dropout: float = 0.0):
         super().__init__(d_model, n_heads, d_ctrl, topk=topk, temperature_init=temperature_init,
-                         temperature_min=temperature_min, entropy_reg=entropy_reg, use_layernorm=use_layernorm,
-                         dropout=dropout)
+                         temperature_min=temperature_min, use_layernorm=use_layernorm, dropout=dropout)
         if T < 1:
             raise ValueError(f"T must be at least 1, got {T}")
         self.T = T
@@ -296,11 +301,10 @@ class ACTHRMPointerController(TwoTimescaleController):
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ctrl: Optional[int] = None, *, topk: Optional[int] = None,
-                 temperature_init: float = 2.0, temperature_min: float = 0.7, entropy_reg: float = 1e-3,
+                 temperature_init: float = DEFAULT_TEMPERATURE_INIT, temperature_min: float = DEFAULT_TEMPERATURE_MIN,
                  use_layernorm: bool = True, dropout: float = 0.0, max_ponders: int = 20, halt_epsilon: float = 0.01):
         super().__init__(d_model, n_heads, d_ctrl, topk=topk, temperature_init=temperature_init,
-                         temperature_min=temperature_min, entropy_reg=entropy_reg, use_layernorm=use_layernorm,
-                         dropout=dropout)
+                         temperature_min=temperature_min, use_layernorm=use_layernorm, dropout=dropout)
         if max_ponders < 1:
             raise ValueError(f"max_ponders must be at least 1, got {max_ponders}")
         if not 0 <= halt_epsilon < 1:
@@ -348,11 +352,12 @@ class ACTHRMPointerController(TwoTimescaleController):
 
 
 class RoutingConfig(pydantic.BaseModel):
-    """The `routing` block of an arch config: which controller routes the attention heads, its options, and
-    the training schedule the trainer applies to it.
+    """The `arch.routing` block: which controller routes the attention heads, and its architecture.
 
     Options a controller does not have are ignored by it (`T` is for hrm; `max_ponders` and `halt_epsilon`
     for hrm_act; `use_layernorm` for hrm and hrm_act; classical uses `d_ctrl` as the width of its MLP).
+    How the controllers are trained (temperature schedule, entropy bonus, learning rate, clips, warm-up)
+    is training's business: the `routing` block of the training config.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -361,41 +366,80 @@ class RoutingConfig(pydantic.BaseModel):
     per_token: bool = False
     d_ctrl: Optional[int] = pydantic.Field(None, gt=0, description="controller width; None means hidden_size")
     topk: Optional[int] = pydantic.Field(None, gt=0)
-    temperature_init: float = pydantic.Field(2.0, gt=0)
-    temperature_min: float = pydantic.Field(0.7, gt=0)
     use_layernorm: bool = True
     dropout: float = pydantic.Field(0.0, ge=0, lt=1)
     T: int = pydantic.Field(4, gt=0, description="hrm: the slow state updates every T calls")
     max_ponders: int = pydantic.Field(20, gt=0, description="hrm_act: forced slow update after this many calls")
     halt_epsilon: float = pydantic.Field(0.01, ge=0, lt=1, description="hrm_act: update once accumulated p >= 1 - this")
 
-    # Training, with schedules counted in schedule epochs: `schedule_epoch_steps` steps when set, else
-    # 1/`schedule_epochs_per_run` of the run (the seed schedules were tuned on runs of about 20 epochs).
-    controller_lr: float = pydantic.Field(1e-4, ge=0, description="base learning rate of the controllers")
-    schedule_epoch_steps: Optional[int] = pydantic.Field(None, gt=0, description="steps per schedule epoch")
-    schedule_epochs_per_run: int = pydantic.Field(20, gt=0, description="schedule epochs in a run, when steps are not set")
-    temperature_decay: float = pydantic.Field(0.95, gt=0, le=1, description="temperature_init * decay^epoch, floored")
-    entropy_reg: float = pydantic.Field(1e-3, ge=0, description="weight of the entropy bonus in the loss")
-    entropy_decay_epochs: int = pydantic.Field(5, gt=0, description="entropy_reg halves every this many epochs")
-    ponder_tau: float = pydantic.Field(0.01, ge=0, description="hrm_act: weight of the ponder cost in the loss")
-    warmup_epochs: int = pydantic.Field(5, ge=0, description="controllers stay frozen for this many epochs")
-    controller_clip: Optional[float] = pydantic.Field(0.5, gt=0, description="gradient-norm clip of the controllers")
-    encoder_clip: Optional[float] = pydantic.Field(1.0, gt=0, description="gradient-norm clip of the rest of the model")
-
 
 Controller = Union[PointerOverHeadsController, HRMPointerController, ACTHRMPointerController]
 
 
 def build_router(config: RoutingConfig, d_model: int, n_heads: int) -> Controller:
-    """The controller named by `config.controller` (not "none") for a layer of width d_model with n_heads."""
-    shared = dict(topk=config.topk, temperature_init=config.temperature_init,
-                  temperature_min=config.temperature_min, dropout=config.dropout)
+    """The controller named by `config.controller` (not "none") for a layer of width d_model with n_heads.
+
+    It starts at the default temperature; training's schedule sets the temperature from then on.
+    """
+    common = dict(topk=config.topk, dropout=config.dropout)
     if config.controller == "classical":
-        return PointerOverHeadsController(d_model, n_heads, config.d_ctrl, **shared)
-    recurrent = dict(shared, entropy_reg=config.entropy_reg, use_layernorm=config.use_layernorm)
+        return PointerOverHeadsController(d_model, n_heads, config.d_ctrl, **common)
     if config.controller == "hrm":
-        return HRMPointerController(d_model, n_heads, config.d_ctrl, T=config.T, **recurrent)
+        return HRMPointerController(d_model, n_heads, config.d_ctrl, T=config.T, use_layernorm=config.use_layernorm,
+                                    **common)
     if config.controller == "hrm_act":
         return ACTHRMPointerController(d_model, n_heads, config.d_ctrl, max_ponders=config.max_ponders,
-                                       halt_epsilon=config.halt_epsilon, **recurrent)
+                                       halt_epsilon=config.halt_epsilon, use_layernorm=config.use_layernorm, **common)
     raise ValueError(f"no controller to build for routing.controller={config.controller!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What routing reports to the model's callers
+
+
+@dataclass
+class LevelRouting:
+    """One level's routing in one ACT step.
+
+    alphas: [B, calls, heads], every call's weights in call order (per-token weights averaged over tokens);
+    diagnostics: the last call's summary statistics (see `routing_diagnostics`), plus `temperature`,
+    `n_H_updates` (slow updates summed over the step's calls) and `ponder_cost` where the controller has
+    them. Each is a mean or a per-step count: callers average them over steps and processes.
+    """
+    alphas: torch.Tensor
+    diagnostics: Dict[str, torch.Tensor]
+
+
+@dataclass
+class RoutingOutput:
+    """Routing of one ACT step: the differentiable loss terms and, per level ("H", "L"), what was routed.
+
+    entropy: mean routing entropy of each level's last call (the call that carries gradient), averaged
+    over levels; ponder_cost: sum of the last calls' ponder costs (hrm_act only, else None).
+    """
+    entropy: torch.Tensor
+    ponder_cost: Optional[torch.Tensor]
+    levels: Dict[str, LevelRouting]
+
+
+def summarize_routing(aux_by_level: Dict[str, List[Aux]]) -> Optional[RoutingOutput]:
+    """Turn each level's per-call aux dicts (in call order) into a RoutingOutput; None without routing."""
+    if not aux_by_level:
+        return None
+    last_calls = [calls[-1] for calls in aux_by_level.values()]
+    has_ponder = all("ponder_cost" in aux for aux in last_calls)
+    levels = {}
+    for level, calls in aux_by_level.items():
+        alphas = [aux["alphas"].mean(dim=1) if aux["alphas"].ndim == 3 else aux["alphas"] for aux in calls]
+        last = calls[-1]
+        diagnostics = routing_diagnostics(last["alphas"])
+        diagnostics["temperature"] = last["temperature"].detach().float()
+        if "n_H_updates" in last:
+            diagnostics["n_H_updates"] = torch.stack([aux["n_H_updates"] for aux in calls]).sum().float()
+        if "ponder_cost" in last:
+            diagnostics["ponder_cost"] = last["ponder_cost"].detach()
+        levels[level] = LevelRouting(alphas=torch.stack(alphas, dim=1).detach(), diagnostics=diagnostics)
+    return RoutingOutput(
+        entropy=torch.stack([aux["entropy"] for aux in last_calls]).mean(),
+        ponder_cost=torch.stack([aux["ponder_cost"] for aux in last_calls]).sum() if has_ponder else None,
+        levels=levels)

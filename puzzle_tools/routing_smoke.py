@@ -15,18 +15,11 @@ iteration i is max(temperature_min, temperature_init * decay^i).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-
-# Run as `python puzzle_tools/routing_smoke.py`: put the repository root on the path for `models.*`.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import torch
 
-from models.routing import (ACTHRMPointerController, HRMPointerController, PointerOverHeadsController,
-                            routing_diagnostics)
+from models.routing import (DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN, ACTHRMPointerController,
+                            HRMPointerController, PointerOverHeadsController, routing_diagnostics)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,8 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=16)
-    parser.add_argument("--temperature-init", type=float, default=2.0)
-    parser.add_argument("--temperature-min", type=float, default=0.7)
+    parser.add_argument("--temperature-init", type=float, default=DEFAULT_TEMPERATURE_INIT)
+    parser.add_argument("--temperature-min", type=float, default=DEFAULT_TEMPERATURE_MIN)
     parser.add_argument("--temperature-decay", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -76,8 +76,8 @@ def test_reference_state_dict_with_compile_prefix_loads_strictly(tmp_path):
     batch = {"inputs": torch.randint(0, 6, (2, 5)), "labels": torch.randint(0, 6, (2, 5)),
              "puzzle_identifiers": torch.tensor([0, 2])}
     with torch.no_grad():
-        out_a = source(carry=source.initial_carry(batch), batch=batch, return_keys=["logits"])[3]["logits"]
-        out_b = target(carry=target.initial_carry(batch), batch=batch, return_keys=["logits"])[3]["logits"]
+        out_a = source(carry=source.initial_carry(batch), batch=batch, return_keys=["logits"]).outputs["logits"]
+        out_b = target(carry=target.initial_carry(batch), batch=batch, return_keys=["logits"]).outputs["logits"]
     assert torch.equal(out_a, out_b)
 
 

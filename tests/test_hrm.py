@@ -203,11 +203,12 @@ def test_eval_runs_exactly_halt_max_steps_and_counts_steps():
     assert carry.halted.all() and carry.steps.dtype == torch.int32
     with torch.no_grad():
         for step in range(1, 5):
-            carry, _, metrics, outputs, all_halted = run_step(model, carry, batch)
+            result = run_step(model, carry, batch)
+            carry = result.carry
             assert torch.equal(carry.steps, torch.full((BATCH,), step, dtype=torch.int32))
-            assert bool(all_halted) == (step == 4)
-            assert "target_q_continue" not in outputs
-            assert int(metrics["count"]) == (BATCH if step == 4 else 0)
+            assert bool(result.all_halted) == (step == 4)
+            assert "target_q_continue" not in result.outputs
+            assert int(result.metrics.count) == (BATCH if step == 4 else 0)
 
 
 def test_carry_reset_only_for_halted_sequences():
@@ -216,7 +217,7 @@ def test_carry_reset_only_for_halted_sequences():
     batch = tiny_batch(1)
     carry = model.initial_carry(batch)
     with torch.no_grad():
-        carry, *_ = run_step(model, carry, batch)
+        carry = run_step(model, carry, batch).carry
         carry.halted = torch.tensor([True, False, True, False])
         old_z_H = carry.inner_carry.z_H.clone()
         new_batch = tiny_batch(2)
@@ -225,7 +226,7 @@ def test_carry_reset_only_for_halted_sequences():
         assert torch.equal(reset.z_H[0], inner.H_init.expand(SEQ + 2, -1))
         assert torch.equal(reset.z_L[2], inner.L_init.expand(SEQ + 2, -1))
         assert torch.equal(reset.z_H[1], old_z_H[1]) and torch.equal(reset.z_H[3], old_z_H[3])
-        carry, *_ = run_step(model, carry, new_batch)
+        carry = run_step(model, carry, new_batch).carry
     # Halted rows restarted on the new batch; the others kept their data and continued counting.
     assert carry.steps.tolist() == [1, 2, 1, 2]
     for row, source in [(0, new_batch), (1, batch), (2, new_batch), (3, batch)]:
@@ -242,14 +243,14 @@ def test_training_halts_on_q_and_explores():
     # q_halt > q_continue for every sequence -> all halt after one step without exploration.
     with torch.no_grad():
         inner.q_head.bias.copy_(torch.tensor([3.0, -3.0]))
-    carry, _, _, outputs, all_halted = run_step(model, carry, batch)
-    assert bool(all_halted) and carry.steps.tolist() == [1] * BATCH
+    result = run_step(model, carry, batch)
+    assert bool(result.all_halted) and result.carry.steps.tolist() == [1] * BATCH
     # q_halt < q_continue -> nobody halts before halt_max_steps.
     with torch.no_grad():
         inner.q_head.bias.copy_(torch.tensor([-3.0, 3.0]))
     carry = model.initial_carry(batch)
     for step in range(1, 7):
-        carry, *_ = run_step(model, carry, batch)
+        carry = run_step(model, carry, batch).carry
         assert carry.halted.all() == (step == 6)
 
     # With exploration always on, a Q-halt at step 1 is overridden: min_halt_steps >= 2.
@@ -258,7 +259,7 @@ def test_training_halts_on_q_and_explores():
     with torch.no_grad():
         model.model.inner.q_head.bias.copy_(torch.tensor([3.0, -3.0]))
     torch.manual_seed(3)
-    carry, *_ = run_step(model, model.initial_carry(batch), batch)
+    carry = run_step(model, model.initial_carry(batch), batch).carry
     assert not carry.halted.any()
 
 
@@ -277,17 +278,18 @@ def test_bootstrapped_q_target_formula():
         with torch.no_grad():
             after, _, _, _ = inner(start_inner, start_data)
             _, _, (next_halt, next_continue), _ = inner(after, start_data)
-        carry, _, _, outputs, _ = model(carry=carry, batch=batch, return_keys=["target_q_continue"])
+        result = model(carry=carry, batch=batch, return_keys=["target_q_continue"])
+        carry = result.carry
         expected = torch.sigmoid(next_halt if step == 2 else torch.maximum(next_halt, next_continue))
-        torch.testing.assert_close(outputs["target_q_continue"], expected)
+        torch.testing.assert_close(result.outputs["target_q_continue"], expected)
         carry.halted = torch.zeros(BATCH, dtype=torch.bool)
 
 
 def test_halt_max_steps_one_never_uses_q_in_training():
     model = tiny_model(halt_max_steps=1)
     model.train()
-    carry, _, metrics, outputs, all_halted = run_step(model, model.initial_carry(tiny_batch()), tiny_batch())
-    assert bool(all_halted) and "q_continue_loss" not in metrics
+    result = run_step(model, model.initial_carry(tiny_batch()), tiny_batch())
+    assert bool(result.all_halted) and "q_continue_loss" not in result.metrics.losses
 
 
 def test_backward_reaches_every_parameter_and_puzzle_embedding():
@@ -295,8 +297,7 @@ def test_backward_reaches_every_parameter_and_puzzle_embedding():
     model.train()
     batch = tiny_batch()
     carry = model.initial_carry(batch)
-    carry, loss, *_ = run_step(model, carry, batch)
-    loss.backward()
+    run_step(model, carry, batch).loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.model.inner.puzzle_emb.local_weights.grad is not None
@@ -306,9 +307,9 @@ def test_bfloat16_forward_and_backward_run():
     model = tiny_model(forward_dtype="bfloat16")
     model.train()
     batch = tiny_batch()
-    carry, loss, metrics, outputs, _ = model(carry=model.initial_carry(batch), batch=batch, return_keys=["logits"])
-    assert outputs["logits"].dtype == torch.bfloat16 and torch.isfinite(loss)
-    loss.backward()
+    result = model(carry=model.initial_carry(batch), batch=batch, return_keys=["logits"])
+    assert result.outputs["logits"].dtype == torch.bfloat16 and torch.isfinite(result.loss)
+    result.loss.backward()
     assert model.model.inner.lm_head.weight.grad.dtype == torch.float32
 
 
@@ -334,7 +335,8 @@ def test_bfloat16_forward_backward_on_cuda_with_every_installed_kernel():
     for backend in installed_backends()[::-1]:  # sdpa first
         model = tiny_model(forward_dtype="bfloat16", attention_backend=backend).cuda()
         model.train()
-        carry, loss, _, outputs, _ = model(carry=model.initial_carry(batch), batch=batch, return_keys=["logits"])
+        result = model(carry=model.initial_carry(batch), batch=batch, return_keys=["logits"])
+        loss, outputs = result.loss, result.outputs
         loss.backward()
         assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
         if reference_logits is None:

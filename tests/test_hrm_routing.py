@@ -5,8 +5,9 @@ import torch
 from models import build_model
 from models.checkpoint import load_model_weights
 from models.routing import HRMState
+from models.checkpoint import routing_keys as model_routing_keys
 from training.optimization import build_optimizers
-from training.routing_schedule import RoutingSchedule
+from training.routing_schedule import RoutingSchedule, RoutingScheduleConfig
 
 ARCH = dict(
     name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
@@ -59,11 +60,12 @@ def test_uniform_routing_equals_plain_hrm_bit_for_bit(controller, per_token):
     for model in (plain, routed):
         model.train()
     torch.manual_seed(5)
-    carry_a, loss_a, _, out_a, _ = plain(carry=plain.initial_carry(batch), batch=batch, return_keys=["logits"])
+    result_a = plain(carry=plain.initial_carry(batch), batch=batch, return_keys=["logits"])
     torch.manual_seed(5)
-    carry_b, loss_b, _, out_b, _ = routed(carry=routed.initial_carry(batch), batch=batch, return_keys=["logits"])
-    assert torch.equal(out_a["logits"], out_b["logits"])
-    assert torch.equal(carry_a.inner_carry.z_H, carry_b.inner_carry.z_H)
+    result_b = routed(carry=routed.initial_carry(batch), batch=batch, return_keys=["logits"])
+    assert torch.equal(result_a.outputs["logits"], result_b.outputs["logits"])
+    carry_b = result_b.carry
+    assert torch.equal(result_a.carry.inner_carry.z_H, carry_b.inner_carry.z_H)
     # The routing state advanced: one call per module call (H: 2, L: 4 per ACT step).
     states = carry_b.inner_carry.router_states
     if controller != "classical":
@@ -75,14 +77,14 @@ def test_router_state_lives_in_carry_resets_for_halted_rows_and_is_detached():
     model.eval()
     batch = make_batch()
     carry = model.initial_carry(batch)
-    carry, *_ = model(carry=carry, batch=batch)
+    carry = model(carry=carry, batch=batch).carry
     state = carry.inner_carry.router_states["L"]
     assert isinstance(state, HRMState) and not state.z_L.requires_grad and state.z_L.abs().sum() > 0
     carry.halted = torch.tensor([True, False, False, True])
     reset = model.model.inner.reset_carry(carry.halted, carry.inner_carry).router_states["L"]
     assert reset.step.tolist() == [0, 4, 4, 0]
     assert torch.equal(reset.z_L[0], torch.zeros(32)) and torch.equal(reset.z_L[1], state.z_L[1])
-    carry, *_ = model(carry=carry, batch=batch)
+    carry = model(carry=carry, batch=batch).carry
     assert carry.inner_carry.router_states["L"].step.tolist() == [4, 8, 8, 4]
 
 
@@ -92,18 +94,27 @@ def test_only_the_last_calls_carry_gradient_to_the_controllers(controller):
     model = make_model(controller, **{"classical": {}, "hrm": {"T": 1}, "hrm_act": {"max_ponders": 1}}[controller])
     model.train()
     batch = make_batch()
-    _, loss, metrics, outputs, _ = model(carry=model.initial_carry(batch), batch=batch,
-                                         return_keys=["routing_alphas_H", "routing_alphas_L"])
-    loss.backward()
+    result = model(carry=model.initial_carry(batch), batch=batch)
+    result.loss.backward()
     for name, p in model.named_parameters():
         if ".router." in name:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert outputs["routing_alphas_H"].shape == (4, 2, 4) and outputs["routing_alphas_L"].shape == (4, 4, 4)
+    levels = result.routing.levels
+    assert levels["H"].alphas.shape == (4, 2, 4) and levels["L"].alphas.shape == (4, 4, 4)
+    assert not levels["H"].alphas.requires_grad
     for level in ("H", "L"):
-        for key in ("routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature"):
-            assert f"routing/{key}_{level}" in metrics
-    if controller == "hrm_act":
-        assert "routing/ponder_cost_H" in metrics and "routing/n_H_updates_L" in metrics
+        expected = {"routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature"}
+        if controller != "classical":
+            expected.add("n_H_updates")
+        if controller == "hrm_act":
+            expected.add("ponder_cost")
+        assert set(levels[level].diagnostics) == expected
+        assert levels[level].diagnostics["temperature"].item() == pytest.approx(2.0)
+    # Every call of the step updated the slow state of every sequence: 2 H calls and 4 L calls, 4 sequences.
+    if controller != "classical":
+        assert levels["H"].diagnostics["n_H_updates"].item() == 2 * 4
+        assert levels["L"].diagnostics["n_H_updates"].item() == 4 * 4
+    assert (result.routing.ponder_cost is not None) == (controller == "hrm_act")
 
 
 def test_entropy_bonus_and_ponder_cost_enter_the_loss():
@@ -111,33 +122,52 @@ def test_entropy_bonus_and_ponder_cost_enter_the_loss():
     model.train()
     batch = make_batch()
     torch.manual_seed(0)
-    _, base_loss, *_ = model(carry=model.initial_carry(batch), batch=batch)
-    model.routing_entropy_weight.fill_(0.1)
-    model.routing_ponder_weight.fill_(0.2)
+    base_loss = model(carry=model.initial_carry(batch), batch=batch).loss
+    model.set_routing_loss_weights(entropy=0.1, ponder=0.2)
     torch.manual_seed(0)
-    _, loss, _, outputs, _ = model(carry=model.initial_carry(batch), batch=batch,
-                                   return_keys=["routing_entropy", "routing_ponder_cost"])
-    expected = base_loss - 0.1 * 4 * outputs["routing_entropy"] + 0.2 * outputs["routing_ponder_cost"]
-    torch.testing.assert_close(loss, expected)
+    result = model(carry=model.initial_carry(batch), batch=batch)
+    expected = base_loss - 0.1 * 4 * result.routing.entropy + 0.2 * result.routing.ponder_cost
+    torch.testing.assert_close(result.loss, expected)
+    assert result.routing.entropy.requires_grad and result.routing.ponder_cost.requires_grad
+
+
+def test_model_offers_its_routers_and_parameter_groups():
+    plain, routed = make_model("none"), make_model("hrm")
+    assert plain.routers() == {} and plain.parameter_groups().routing == []
+    assert set(routed.routers()) == {"H", "L"}
+    groups = routed.parameter_groups()
+    router_ids = {id(p) for router in routed.routers().values() for p in router.parameters()}
+    assert {id(p) for p in groups.routing} == router_ids
+    assert {id(p) for p in groups.weights} | router_ids == {id(p) for p in routed.parameters()}
+    assert not {id(p) for p in groups.weights} & router_ids
+    assert any(t is routed.model.inner.puzzle_emb.weights for t in groups.puzzle_embedding)
+    assert model_routing_keys(routed) == set(routing_keys(routed)) and model_routing_keys(plain) == set()
+    routed.set_routing_temperature(1.3)
+    assert [router.temperature for router in routed.routers().values()] == [1.3, 1.3]
+    routed.set_routing_temperature(0.1, minimum=0.4)
+    assert [router.temperature for router in routed.routers().values()] == [0.4, 0.4]
 
 
 class _Config:
     lr, puzzle_emb_lr, weight_decay, puzzle_emb_weight_decay, beta1, beta2 = 1e-4, 1e-2, 0.1, 0.1, 0.9, 0.95
+    routing = RoutingScheduleConfig(controller_lr=3e-5)
 
 
 def test_schedules_freeze_and_clip():
-    model = make_model("hrm", temperature_init=2.0, temperature_min=0.7, temperature_decay=0.5, entropy_reg=1e-3,
-                       entropy_decay_epochs=2, warmup_epochs=1, schedule_epoch_steps=10, controller_clip=0.5,
-                       encoder_clip=1.0, controller_lr=3e-5)
-    schedule = RoutingSchedule(model, model.model.config.routing, total_steps=1000)
+    model = make_model("hrm")
+    config = RoutingScheduleConfig(temperature_init=2.0, temperature_min=0.5, temperature_decay=0.5, entropy_reg=1e-3,
+                                   entropy_decay_epochs=2, warmup_epochs=1, schedule_epoch_steps=10,
+                                   controller_clip=0.5, encoder_clip=1.0, controller_lr=3e-5)
+    schedule = RoutingSchedule(model, config, total_steps=1000)
     assert [schedule.epoch(s) for s in (1, 10, 11, 30)] == [0, 0, 1, 2]
-    assert [schedule.temperature(e) for e in (0, 1, 2)] == [2.0, 1.0, 0.7]
+    assert [schedule.temperature(e) for e in (0, 1, 2)] == [2.0, 1.0, 0.5]
     assert [schedule.entropy_weight(e) for e in (0, 1, 2, 4)] == [1e-3, 1e-3, 5e-4, 2.5e-4]
     schedule.before_step(21)
-    assert model.model.inner.H_level.router.temperature == 0.7
+    # The schedule's floor (0.5) applies, below the controllers' default floor (0.7).
+    assert model.model.inner.H_level.router.temperature == 0.5
     assert model.routing_entropy_weight.item() == pytest.approx(5e-4)
 
-    _, adam = build_optimizers(model, _Config, world_size=1)
+    _, adam = build_optimizers(model.parameter_groups(), _Config, world_size=1)
     assert [g["base_lr"] for g in adam.param_groups] == [1e-4, 3e-5]
     assert {id(p) for p in adam.param_groups[1]["params"]} == {id(p) for p in schedule.router_params}
 
@@ -156,4 +186,4 @@ def test_schedules_freeze_and_clip():
 
 def test_default_schedule_epoch_is_a_twentieth_of_the_run():
     model = make_model("classical")
-    assert RoutingSchedule(model, model.model.config.routing, total_steps=2000).steps_per_epoch == 100
+    assert RoutingSchedule(model, RoutingScheduleConfig(), total_steps=2000).steps_per_epoch == 100

@@ -48,7 +48,7 @@ class FixedACTModel(nn.Module):
 
     def forward(self, carry, batch):
         new_carry = SimpleNamespace(halted=self.halted, steps=self.steps, current_data={"labels": self.labels})
-        return new_carry, dict(self.outputs)
+        return new_carry, dict(self.outputs), None
 
 
 def crafted_head(with_target):
@@ -75,16 +75,17 @@ def bce(logit, target):
 
 def test_loss_head_metrics_and_losses_on_crafted_batch():
     head, outputs, labels = crafted_head(with_target=True)
-    carry, loss, metrics, detached, all_halted = head(carry=None, batch={}, return_keys=["logits", "missing"])
+    result = head(carry=None, batch={}, return_keys=["logits", "missing"])
+    metrics, loss, detached = result.metrics, result.loss, result.outputs
 
     # Halted with labels: sequences 0 and 1. Sequence 2 has no labels, sequence 3 did not halt.
-    assert int(metrics["count"]) == 2
-    assert abs(metrics["accuracy"].item() - (1.0 + 0.5)) < 1e-6
-    assert int(metrics["exact_accuracy"]) == 1
+    assert int(metrics.count) == 2
+    assert abs(metrics.per_sequence["accuracy"].item() - (1.0 + 0.5)) < 1e-6
+    assert int(metrics.per_sequence["exact_accuracy"]) == 1
     # q_halt >= 0 vs correctness: seq 0 (1.0, correct) right; seq 1 (0.5, wrong) wrong.
-    assert int(metrics["q_halt_accuracy"]) == 1
-    assert int(metrics["steps"]) == 3 + 2
-    assert not bool(all_halted)
+    assert int(metrics.per_sequence["q_halt_accuracy"]) == 1
+    assert int(metrics.per_sequence["steps"]) == 3 + 2
+    assert not bool(result.all_halted) and result.routing is None
     assert set(detached) == {"logits"} and not detached["logits"].requires_grad
 
     logits = outputs["logits"]
@@ -96,14 +97,15 @@ def test_loss_head_metrics_and_losses_on_crafted_batch():
     seq_correct = [1.0, 0.0, 1.0, 1.0]  # a sequence without labels counts as correct (0 == 0)
     q_halt = sum(bce(outputs["q_halt_logits"][b].item(), seq_correct[b]) for b in range(4))
     q_cont = sum(bce(outputs["q_continue_logits"][b].item(), outputs["target_q_continue"][b].item()) for b in range(4))
-    assert abs(metrics["lm_loss"].item() - lm) < 1e-9
-    assert abs(metrics["q_halt_loss"].item() - q_halt) < 1e-5
-    assert abs(metrics["q_continue_loss"].item() - q_cont) < 1e-5
+    assert abs(metrics.losses["lm_loss"].item() - lm) < 1e-9
+    assert abs(metrics.losses["q_halt_loss"].item() - q_halt) < 1e-5
+    assert abs(metrics.losses["q_continue_loss"].item() - q_cont) < 1e-5
     assert abs(loss.item() - (lm + 0.5 * (q_halt + q_cont))) < 1e-5
 
 
 def test_loss_head_without_target_has_no_continue_loss():
     head, outputs, _ = crafted_head(with_target=False)
-    _, loss, metrics, _, _ = head(carry=None, batch={})
-    assert "q_continue_loss" not in metrics
-    torch.testing.assert_close(loss, metrics["lm_loss"] + 0.5 * metrics["q_halt_loss"].double())
+    result = head(carry=None, batch={})
+    losses = result.metrics.losses
+    assert "q_continue_loss" not in losses
+    torch.testing.assert_close(result.loss, losses["lm_loss"] + 0.5 * losses["q_halt_loss"].double())

@@ -34,7 +34,7 @@ def test_build_optimizers_covers_every_parameter_and_the_embedding():
                              puzzle_emb_ndim=32, pos_encodings="rope", halt_max_steps=2, halt_exploration_prob=0.1,
                              forward_dtype="float32"),
                         batch_size=2, seq_len=4, vocab_size=5, num_puzzle_identifiers=3)
-    sign_sgd, adam = build_optimizers(model, _Config, world_size=1)
+    sign_sgd, adam = build_optimizers(model.parameter_groups(), _Config, world_size=1)
     assert sign_sgd.param_groups[0]["base_lr"] == 1e-2 and sign_sgd.param_groups[0]["weight_decay"] == 0.2
     assert adam.param_groups[0]["base_lr"] == 1e-4 and adam.param_groups[0]["betas"] == (0.9, 0.95)
     assert {id(p) for p in adam.param_groups[0]["params"]} == {id(p) for p in model.parameters()}

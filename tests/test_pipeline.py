@@ -15,7 +15,7 @@ from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identi
 from models.checkpoint import COMPILED_PREFIX
 from training.config import load_config
 from training.distributed import DistributedContext
-from training.trainer import run_training
+from training.loop import run_training
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_OVERRIDES = [
@@ -102,13 +102,18 @@ def test_tiny_run_trains_evaluates_and_writes_a_run_folder(tiny_dataset, tmp_pat
     assert saved["inputs"].shape == (32, 12) and saved["logits"].shape == (32, 12, 6)
 
 
-def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("routing", ["none", "hrm"])
+def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path, routing):
     # Exploration draws differ per rank (seed + rank), so it is off for an exact comparison.
     common = [f"data_path={tiny_dataset}", *TINY_OVERRIDES, "epochs=2", "eval_interval=2",
-              "arch.halt_exploration_prob=0.0"]
+              "arch.halt_exploration_prob=0.0", "routing.warmup_epochs=0", "routing.controller_lr=1e-3"]
+    if routing != "none":
+        common = ["arch=hrm_poh", f"arch.routing.controller={routing}", *common]
     single = run_pretrain([*common, f"checkpoint_path={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517")
+    # --standalone: torchrun picks a free port itself.
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
     double = run_pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], launcher=launcher)
     assert double.returncode == 0, double.stderr[-3000:]
 
@@ -117,6 +122,11 @@ def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path):
     assert sorted(losses_one) == sorted(losses_two) == list(range(1, 13))
     for step in losses_one:
         assert abs(losses_one[step] - losses_two[step]) < 1e-5, step
+    if routing != "none":  # routing diagnostics are averaged over ranks and match too
+        for step_row_one, step_row_two in zip(one, two):
+            for key in ("train/routing/routing_entropy_mean_H", "train/routing/top1_share_L"):
+                if key in step_row_one:
+                    assert abs(step_row_one[key] - step_row_two[key]) < 1e-5, key
     eval_one = [r for r in one if "all/lm_loss" in r][-1]
     eval_two = [r for r in two if "all/lm_loss" in r][-1]
     assert abs(eval_one["all/lm_loss"] - eval_two["all/lm_loss"]) < 1e-5
@@ -144,11 +154,11 @@ def test_resume_after_a_crash_gives_the_same_losses(tiny_dataset, tmp_path, monk
     uninterrupted = train_losses(read_metrics(tmp_path / "full"))
 
     # Crash at step 8 (mid-round); the last full state was written at step 5.
-    import training.trainer as trainer
+    import training.loop as trainer
     real_step = trainer.train_step
 
     def crashing_step(state, *args, **kwargs):
-        if state.step == 7:
+        if state.progress.step == 7:
             raise Crash()
         return real_step(state, *args, **kwargs)
 
@@ -162,6 +172,13 @@ def test_resume_after_a_crash_gives_the_same_losses(tiny_dataset, tmp_path, monk
     assert sorted(resumed) == list(range(6, 25))
     for step, loss in resumed.items():
         assert abs(loss - uninterrupted[step]) < 1e-6, step
+
+
+def test_a_moved_routing_key_names_its_new_place(tiny_dataset):
+    result = run_pretrain([f"data_path={tiny_dataset}", "arch=hrm_poh", "+arch.routing.controller_lr=3e-4"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid config: arch.routing.controller_lr is a training setting now: use routing.controller_lr"]
 
 
 def test_unknown_key_is_a_one_line_error(tiny_dataset):
@@ -193,8 +210,8 @@ def test_routed_training_lowers_loss_and_logs_routing(tiny_dataset, tmp_path, mo
     monkeypatch.setenv("WANDB_MODE", "disabled")
     ctx = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
     topk = 1 if controller == "classical" else None  # dense routing elsewhere, where the temperature matters
-    config = config_for(tiny_dataset, tmp_path, f"arch.routing.controller={controller}", "arch.routing.warmup_epochs=0",
-                        "arch.routing.controller_lr=1e-3", f"arch.routing.topk={'null' if topk is None else topk}")
+    config = config_for(tiny_dataset, tmp_path, f"arch.routing.controller={controller}", "routing.warmup_epochs=0",
+                        "routing.controller_lr=1e-3", f"arch.routing.topk={'null' if topk is None else topk}")
     run_training(config, ctx)
     rows = read_metrics(tmp_path)
     losses = train_losses(rows)

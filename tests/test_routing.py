@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.routing import (ACTHRMPointerController, ACTState, HRMPointerController, HRMState,
-                            PointerOverHeadsController, RoutingConfig, build_router, routing_diagnostics)
+from models.routing import (DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN, ACTHRMPointerController, ACTState,
+                            HRMPointerController, HRMState, PointerOverHeadsController, RoutingConfig, build_router,
+                            routing_diagnostics)
 
 B, L, D, HEADS = 3, 5, 16, 6
 CONTROLLERS = ["classical", "hrm", "hrm_act"]
@@ -143,6 +144,10 @@ def test_temperature_clamps_at_minimum_and_sharpens(kind):
     assert controller.temperature == 2.0
     controller.set_temperature(0.1)
     assert controller.temperature == 0.5
+    controller.set_temperature(0.1, minimum=0.2)  # a new floor replaces the old one
+    assert controller.temperature == 0.2 and controller.temperature_min == 0.2
+    with pytest.raises(ValueError, match="positive"):
+        controller.set_temperature(1.0, minimum=0.0)
     assert "temperature" not in dict(controller.named_parameters())
     assert "temperature" not in controller.state_dict()
 
@@ -160,6 +165,12 @@ def test_temperature_clamps_at_minimum_and_sharpens(kind):
     top_probs = [results[t][0].max(-1).values.mean().item() for t in (4.0, 1.0, 0.5)]
     assert entropies[0] > entropies[1] > entropies[2]
     assert top_probs[0] < top_probs[1] < top_probs[2]
+
+
+@pytest.mark.parametrize("kind", CONTROLLERS)
+def test_every_controller_defaults_to_the_one_temperature_pair(kind):
+    controller = make_controller(kind)
+    assert (controller.temperature, controller.temperature_min) == (DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN)
 
 
 def test_initial_temperature_below_minimum_is_clamped():
@@ -564,11 +575,12 @@ def test_routing_diagnostics_do_not_track_gradients():
 @pytest.mark.parametrize("kind, cls", [("classical", PointerOverHeadsController), ("hrm", HRMPointerController),
                                        ("hrm_act", ACTHRMPointerController)])
 def test_build_router_passes_the_config_options(kind, cls):
-    config = RoutingConfig(controller=kind, d_ctrl=8, topk=2, temperature_init=1.5, temperature_min=0.9, T=3,
-                           max_ponders=7, halt_epsilon=0.05)
+    config = RoutingConfig(controller=kind, d_ctrl=8, topk=2, T=3, max_ponders=7, halt_epsilon=0.05)
     controller = build_router(config, D, HEADS)
     assert type(controller) is cls
-    assert (controller.topk, controller.temperature, controller.temperature_min) == (2, 1.5, 0.9)
+    # Every controller starts at the one default temperature pair; training's schedule takes over from there.
+    assert (controller.topk, controller.temperature, controller.temperature_min) == (
+        2, DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN)
     if kind == "classical":
         assert controller.router[0].out_features == 8
     else:
@@ -585,5 +597,7 @@ def test_routing_config_defaults_and_errors():
         build_router(RoutingConfig(), D, HEADS)
     with pytest.raises(pydantic.ValidationError):
         RoutingConfig(controller="hrm", hrm_T=4)
+    with pytest.raises(pydantic.ValidationError):  # a training setting, not architecture
+        RoutingConfig(controller="hrm", temperature_init=1.0)
     with pytest.raises(ValueError, match="topk"):
         build_router(RoutingConfig(controller="hrm", topk=HEADS + 1), D, HEADS)

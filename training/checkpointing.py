@@ -1,4 +1,5 @@
-"""Run folders: the config file, reference-compatible `step_N` weights, and the full training state for resume.
+"""Run folders: the config file, reference-compatible `step_N` weights, and the full training state for resume
+(gathered from every process, written by rank 0, each component saving and loading its own state dict).
 
 Every file is written to a temporary name and renamed into place, so a crash never leaves a torn file.
 """
@@ -7,10 +8,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
+import torch.distributed as dist
 import yaml
+
+from models.config_validation import ConfigError
+from training.distributed import DistributedContext
+from training.train_state import TrainState
 
 CONFIG_FILE = "all_config.yaml"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -59,10 +65,33 @@ def save_model_weights(run_dir: str, step: int, model_state: Dict[str, torch.Ten
     return path
 
 
-def save_train_state(run_dir: str, state: Dict[str, Any]) -> str:
-    path = os.path.join(run_dir, TRAIN_STATE_FILE)
-    atomic_torch_save(state, path)
-    return path
+def _gather_to_main(obj: Any, ctx: DistributedContext) -> Optional[List[Any]]:
+    if ctx.world_size == 1:
+        return [obj]
+    gathered = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def save_train_state(run_dir: str, state: TrainState, ctx: DistributedContext) -> None:
+    """Write `train_state.pt`: the shared state plus every rank's own, all that resume needs to continue exactly.
+
+    Every rank must call it (the per-rank states are gathered); rank 0 writes.
+    """
+    per_rank = _gather_to_main(state.rank_state_dict(ctx.device), ctx)
+    if ctx.is_main:
+        atomic_torch_save({**state.state_dict(), "world_size": ctx.world_size, "per_rank": per_rank},
+                          os.path.join(run_dir, TRAIN_STATE_FILE))
+
+
+def restore_train_state(resume: str, state: TrainState, ctx: DistributedContext) -> None:
+    """Load `resume` (a run folder or its train_state.pt) into `state`, this rank's own state included."""
+    saved = torch.load(resolve_resume_path(resume), map_location="cpu", weights_only=False)
+    if saved["world_size"] != ctx.world_size:
+        raise ConfigError(f"resume: the state was saved by {saved['world_size']} processes; "
+                          f"run with the same number ({ctx.world_size} now)")
+    state.load_state_dict(saved)
+    state.load_rank_state_dict(saved["per_rank"][ctx.rank], ctx.device)
 
 
 def resolve_resume_path(resume: str) -> str:
@@ -71,8 +100,3 @@ def resolve_resume_path(resume: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"resume: no training state at {path}")
     return path
-
-
-def load_train_state(resume: str) -> Dict[str, Any]:
-    return torch.load(resolve_resume_path(resume), map_location="cpu", weights_only=False)
-

@@ -8,7 +8,8 @@ import coolname
 import pydantic
 
 from models import validate_arch
-from models.config_validation import validate_config
+from models.config_validation import ConfigError, validate_config
+from training.routing_schedule import RoutingScheduleConfig
 
 
 class PretrainConfig(pydantic.BaseModel):
@@ -36,6 +37,8 @@ class PretrainConfig(pydantic.BaseModel):
     eval_save_outputs: List[str] = []
 
     # Additions.
+    routing: RoutingScheduleConfig = pydantic.Field(default_factory=RoutingScheduleConfig,
+                                                    description="training of the routing controllers (arch.routing)")
     compile: bool = pydantic.Field(True, description="torch.compile the model on CUDA (DISABLE_COMPILE=1 also turns it off)")
     log_interval: int = pydantic.Field(10, gt=0, description="steps between logged (host-synchronised) metrics")
     checkpoint_interval: Optional[int] = pydantic.Field(None, gt=0, description="steps between full training-state saves, besides each evaluation")
@@ -59,11 +62,21 @@ class PretrainConfig(pydantic.BaseModel):
         return self.epochs // self.epochs_per_round
 
 
+def check_moved_routing_keys(values: Dict[str, Any]) -> None:
+    """Routing's training settings once lived under `arch.routing`; name their new place."""
+    arch_routing = (values.get("arch") or {}).get("routing") or {}
+    moved = [key for key in arch_routing if key in RoutingScheduleConfig.model_fields]
+    if moved:
+        raise ConfigError("invalid config: " + "; ".join(
+            f"arch.routing.{key} is a training setting now: use routing.{key}" for key in moved))
+
+
 def load_config(values: Dict[str, Any]) -> PretrainConfig:
     """Validate a raw config (from Hydra or an `all_config.yaml`), arch included, and fill in names.
 
     Any unknown, missing or ill-typed key raises ConfigError naming it.
     """
+    check_moved_routing_keys(values)
     config = validate_config(PretrainConfig, values, prefix="config")
     # Check the arch with placeholder dataset sizes now, so a typo fails before any data is read.
     validate_arch(config.arch)

@@ -1,4 +1,13 @@
-"""Process-group set-up and the collectives training needs: parameter broadcast and bucketed gradient sums."""
+"""Process-group set-up and the collectives training needs: parameter broadcast and bucketed gradient sums.
+
+Processes come from torchrun and talk through torch.distributed (NCCL on CUDA, gloo on CPU). Gradients are
+summed here in explicit flat buckets after backward, rather than through DistributedDataParallel, because:
+- the reference sums gradients (the loss is already scaled by 1 / global batch size), where DDP averages;
+- `torch.compile` sees the whole model as one graph, without the graph breaks DDP's optimizer puts at
+  bucket boundaries, and the ACT step's extra no-grad forward (the Q target) needs no DDP bookkeeping;
+- the model has 27M parameters: one all-reduce of its gradients takes about 1 ms, so overlapping it
+  with backward, DDP's main gain, has almost nothing to win.
+"""
 from __future__ import annotations
 
 import os

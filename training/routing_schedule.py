@@ -1,4 +1,5 @@
-"""Training schedules of Pointer-over-Heads routing: temperature, entropy weight, warm-up freeze and clipping.
+"""Training of Pointer-over-Heads routing: its config block and schedules (temperature, entropy weight,
+warm-up freeze and gradient clips).
 
 A schedule "epoch" is `routing.schedule_epoch_steps` training steps when set, else one
 `routing.schedule_epochs_per_run`-th of the run (default 1/20). HRM runs last thousands of data epochs, so
@@ -8,60 +9,72 @@ twentieths of the run they keep the proportions of the ~20-epoch runs they came 
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
+import pydantic
 import torch
-from torch import nn
 
-from models.checkpoint import ROUTER_KEY_MARKER
-from models.routing import RoutingConfig
+from models.losses import ACTLossHead
+from models.routing import DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN
 
 
-def is_router_parameter(name: str) -> bool:
-    return ROUTER_KEY_MARKER in name
+class RoutingScheduleConfig(pydantic.BaseModel):
+    """The training config's `routing` block; it applies only when `arch.routing.controller` is not none."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    temperature_init: float = pydantic.Field(DEFAULT_TEMPERATURE_INIT, gt=0)
+    temperature_min: float = pydantic.Field(DEFAULT_TEMPERATURE_MIN, gt=0)
+    temperature_decay: float = pydantic.Field(0.95, gt=0, le=1, description="temperature_init * decay^epoch, floored")
+    entropy_reg: float = pydantic.Field(1e-3, ge=0, description="weight of the entropy bonus in the loss")
+    entropy_decay_epochs: int = pydantic.Field(5, gt=0, description="entropy_reg halves every this many epochs")
+    ponder_tau: float = pydantic.Field(0.01, ge=0, description="hrm_act: weight of the ponder cost in the loss")
+    controller_lr: float = pydantic.Field(1e-4, ge=0, description="base learning rate of the controllers")
+    controller_clip: Optional[float] = pydantic.Field(0.5, gt=0, description="gradient-norm clip of the controllers")
+    encoder_clip: Optional[float] = pydantic.Field(1.0, gt=0, description="gradient-norm clip of the rest of the model")
+    warmup_epochs: int = pydantic.Field(5, ge=0, description="controllers stay frozen for this many epochs")
+    schedule_epoch_steps: Optional[int] = pydantic.Field(None, gt=0, description="steps per schedule epoch")
+    schedule_epochs_per_run: int = pydantic.Field(20, gt=0, description="schedule epochs in a run, when steps are not set")
 
 
 class RoutingSchedule:
-    def __init__(self, model: nn.Module, routing: RoutingConfig, total_steps: int):
+    def __init__(self, model: ACTLossHead, config: RoutingScheduleConfig, total_steps: int):
         self.model = model
-        self.routing = routing
-        self.steps_per_epoch = routing.schedule_epoch_steps or max(1, total_steps // routing.schedule_epochs_per_run)
-        self.routers = [level.router for level in model.model.inner.levels().values() if hasattr(level, "router")]
-        named = list(model.named_parameters())
-        self.router_params = [p for name, p in named if is_router_parameter(name)]
-        self.encoder_params = [p for name, p in named if not is_router_parameter(name)]
+        self.config = config
+        self.steps_per_epoch = config.schedule_epoch_steps or max(1, total_steps // config.schedule_epochs_per_run)
+        groups = model.parameter_groups()
+        self.router_params = groups.routing
+        self.encoder_params = groups.weights
 
     def epoch(self, step: int) -> int:
         """Schedule epoch of training step `step` (counted from 1)."""
         return (step - 1) // self.steps_per_epoch
 
     def temperature(self, epoch: int) -> float:
-        return max(self.routing.temperature_min, self.routing.temperature_init * self.routing.temperature_decay ** epoch)
+        return max(self.config.temperature_min, self.config.temperature_init * self.config.temperature_decay ** epoch)
 
     def entropy_weight(self, epoch: int) -> float:
         """`entropy_reg`, halved every `entropy_decay_epochs` epochs."""
-        return self.routing.entropy_reg * 0.5 ** (epoch // self.routing.entropy_decay_epochs)
+        return self.config.entropy_reg * 0.5 ** (epoch // self.config.entropy_decay_epochs)
 
     def frozen(self, epoch: int) -> bool:
-        return epoch < self.routing.warmup_epochs
+        return epoch < self.config.warmup_epochs
 
     def before_step(self, step: int) -> None:
         """Set this step's temperature and loss weights (in-place tensor updates: no recompilation)."""
         epoch = self.epoch(step)
-        for router in self.routers:
-            router.set_temperature(self.temperature(epoch))
-        self.model.routing_entropy_weight.fill_(self.entropy_weight(epoch))
-        self.model.routing_ponder_weight.fill_(self.routing.ponder_tau)
+        self.model.set_routing_temperature(self.temperature(epoch), minimum=self.config.temperature_min)
+        self.model.set_routing_loss_weights(entropy=self.entropy_weight(epoch), ponder=self.config.ponder_tau)
 
     def before_optimizer_step(self, step: int) -> None:
         """Freeze the controllers during warm-up, else clip them; clip the rest of the model."""
         if self.frozen(self.epoch(step)):
             for p in self.router_params:
                 p.grad = None  # the optimizer skips it: no update, no weight decay
-        elif self.routing.controller_clip is not None:
-            _clip(self.router_params, self.routing.controller_clip)
-        if self.routing.encoder_clip is not None:
-            _clip(self.encoder_params, self.routing.encoder_clip)
+        elif self.config.controller_clip is not None:
+            _clip(self.router_params, self.config.controller_clip)
+        if self.config.encoder_clip is not None:
+            _clip(self.encoder_params, self.config.encoder_clip)
 
 
 def _clip(params: Iterable[torch.Tensor], max_norm: float) -> None:

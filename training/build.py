@@ -1,0 +1,76 @@
+"""Builds what a run needs from its config: the dataset check, data loaders, the model and its compilation.
+
+Shared by training (`pretrain.py`) and evaluation (`evaluate.py`), so both see data and model alike.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dataset.common import PuzzleDatasetMetadata
+from dataset.puzzle_dataset import DatasetFormatError, create_dataloader, load_split_metadata
+from models import build_model
+from models.config_validation import ConfigError
+from training.config import PretrainConfig
+from training.distributed import DistributedContext
+
+
+def ensure_dataset(config: PretrainConfig, ctx: DistributedContext) -> None:
+    """Check that data_path holds a dataset; build it first when the config asks to."""
+    marker = os.path.join(config.data_path, "train", "dataset.json")
+    if not os.path.isfile(marker) and config.auto_build_data and config.data_build_command:
+        if ctx.is_main:
+            print(f"building the dataset: {config.data_build_command}", flush=True)
+            subprocess.run([sys.executable, *shlex.split(config.data_build_command)], check=True)
+        if ctx.world_size > 1:
+            dist.barrier()
+    if not os.path.isfile(marker):
+        command = config.data_build_command or f"dataset/build_<task>_dataset.py --output-dir {config.data_path}"
+        raise ConfigError(f"data_path {config.data_path!r} holds no dataset (missing {marker}); "
+                          f"build it with: python {command}")
+
+
+def _dataset_error(config: PretrainConfig, error: DatasetFormatError) -> ConfigError:
+    hint = f"; rebuild it with: python {config.data_build_command}" if config.data_build_command else ""
+    return ConfigError(f"data_path: {error}{hint}")
+
+
+def read_metadata(config: PretrainConfig, split: str) -> PuzzleDatasetMetadata:
+    try:
+        return load_split_metadata(config.data_path, split)
+    except DatasetFormatError as e:
+        raise _dataset_error(config, e) from None
+
+
+def create_loader(config: PretrainConfig, split: str, ctx: DistributedContext, test_set_mode: bool,
+                  epochs_per_iter: int, start_round: int = 0):
+    """This rank's loader of `split` and its metadata; a bad dataset folder is a ConfigError with a hint."""
+    if config.global_batch_size % ctx.world_size != 0:
+        raise ConfigError(f"invalid config: global_batch_size ({config.global_batch_size}) must be divisible by "
+                          f"the number of processes ({ctx.world_size})")
+    try:
+        return create_dataloader(config.data_path, split, seed=config.seed, global_batch_size=config.global_batch_size,
+                                 test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=ctx.rank,
+                                 world_size=ctx.world_size, start_round=start_round)
+    except DatasetFormatError as e:
+        raise _dataset_error(config, e) from None
+
+
+def create_model(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> nn.Module:
+    """The loss-head-wrapped model for this dataset, with this rank's share of the batch, on the device."""
+    return build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size, seq_len=metadata.seq_len,
+                       vocab_size=metadata.vocab_size,
+                       num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)
+
+
+def maybe_compile(model: nn.Module, config: PretrainConfig, ctx: DistributedContext) -> nn.Module:
+    """`torch.compile` on CUDA unless `compile=false` or DISABLE_COMPILE is set."""
+    if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
+        return torch.compile(model, dynamic=False)
+    return model

@@ -1,0 +1,99 @@
+"""Metric accumulation: device-side sums over steps (training) or test batches (evaluation), reduced across
+processes only when reported."""
+from __future__ import annotations
+
+import enum
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from models.losses import StepMetrics
+from models.routing import RoutingOutput
+from training.distributed import DistributedContext
+
+
+class Reduction(enum.Enum):
+    PER_SEQUENCE = "per_sequence"  # a sum over finished sequences: divided by their count
+    PER_EXAMPLE = "per_example"  # a sum over the batch: divided by the global batch size and the steps
+    MEAN = "mean"  # already a mean per step and process: averaged over both
+
+
+def named_step_metrics(metrics: StepMetrics, routing: Optional[RoutingOutput]
+                       ) -> List[Tuple[str, torch.Tensor, Reduction]]:
+    """A training step's figures as (logged name, value, reduction), names as the reference logs them."""
+    named = [("count", metrics.count, Reduction.PER_SEQUENCE)]
+    named += [(name, value, Reduction.PER_SEQUENCE) for name, value in metrics.per_sequence.items()]
+    named += [(name, value, Reduction.PER_EXAMPLE) for name, value in metrics.losses.items()]
+    if routing is not None:
+        named += [(f"routing/{name}_{level}", value, Reduction.MEAN)
+                  for level, level_routing in routing.levels.items()
+                  for name, value in level_routing.diagnostics.items()]
+    return sorted(named, key=lambda item: item[0])  # the same order on every rank
+
+
+class TrainMetrics:
+    """Sums step metrics on the device and reduces them only when logged, so steps never wait for the host."""
+
+    def __init__(self):
+        self.names: Optional[List[str]] = None
+        self.reductions: Optional[List[Reduction]] = None
+        self.total: Optional[torch.Tensor] = None
+        self.steps = 0
+
+    def add(self, metrics: StepMetrics, routing: Optional[RoutingOutput]) -> None:
+        named = named_step_metrics(metrics, routing)
+        if self.names is None:
+            self.names = [name for name, _, _ in named]
+            self.reductions = [reduction for _, _, reduction in named]
+        values = torch.stack([value.to(torch.float64) for _, value, _ in named])
+        self.total = values if self.total is None else self.total + values
+        self.steps += 1
+
+    def reduce(self, ctx: DistributedContext, global_batch_size: int) -> Optional[Dict[str, float]]:
+        """Rank 0 gets `train/<name>` figures since the last call (other ranks get them too, unreduced)."""
+        if self.total is None:
+            return None
+        total = self.total
+        if ctx.world_size > 1:
+            dist.reduce(total, dst=0)
+        values = dict(zip(self.names, total.tolist()))
+        steps, self.total, self.steps = self.steps, None, 0
+        divisors = {Reduction.PER_SEQUENCE: max(values["count"], 1),
+                    Reduction.PER_EXAMPLE: global_batch_size * steps,
+                    Reduction.MEAN: steps * ctx.world_size}
+        return {f"train/{name}": values[name] / divisors[reduction]
+                for name, reduction in zip(self.names, self.reductions)}
+
+
+class EvalMetrics:
+    """Per-set sums of an evaluation's metrics; every figure is reported per counted sequence, as the
+    reference reports evaluation losses too."""
+
+    def __init__(self, set_names: Sequence[str], device: torch.device):
+        self.set_index = {name: i for i, name in enumerate(set_names)}
+        self.device = device
+        self.names: Optional[List[str]] = None
+        self.sums: Optional[torch.Tensor] = None
+
+    def add(self, set_name: str, metrics: StepMetrics) -> None:
+        values = {"count": metrics.count, **metrics.per_sequence, **metrics.losses}
+        if self.names is None:
+            self.names = sorted(values)
+            self.sums = torch.zeros(len(self.set_index), len(self.names), dtype=torch.float64, device=self.device)
+        self.sums[self.set_index[set_name]] += torch.stack([values[name].to(torch.float64) for name in self.names])
+
+    def reduce(self, ctx: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
+        """`{set: {name: value}}` on rank 0 (None elsewhere, or when nothing was evaluated)."""
+        if self.sums is None:
+            return None
+        if ctx.world_size > 1:
+            dist.reduce(self.sums, dst=0)
+        if not ctx.is_main:
+            return None
+        result = {}
+        for set_name, i in self.set_index.items():
+            values = dict(zip(self.names, self.sums[i].tolist()))
+            count = values.pop("count")
+            result[set_name] = {k: v / count if count else float("nan") for k, v in values.items()}
+        return result
