@@ -73,5 +73,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`hrm-evaluate`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,15 +1,10 @@
-"""Shared test fixtures: repository root on the import path and a CUDA skip marker."""
+"""Shared test fixtures: the repository root, and skipping `cuda` tests where no GPU is present."""
 import os
-import sys
 
 import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-ARC_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "arc")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -62,6 +62,7 @@ def train_losses(rows):
     return {row["step"]: row["train/lm_loss"] for row in rows if "train/lm_loss" in row}
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_evaluates_and_writes_a_run_folder(tiny_dataset, tmp_path):
     run_dir = str(tmp_path / "run")
     result = run_pretrain([f"data_path={tiny_dataset}", f"checkpoint_path={run_dir}", "checkpoint_every_eval=true",

@@ -8,11 +8,13 @@ import os
 import shlex
 import subprocess
 import sys
+from typing import List
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+import dataset
 from dataset.common import PuzzleDatasetMetadata
 from dataset.puzzle_dataset import DatasetFormatError, create_dataloader, load_split_metadata
 from models import build_model
@@ -21,13 +23,29 @@ from training.config import PretrainConfig
 from training.distributed import DistributedContext
 
 
+# The folder holding the `dataset` package: the repository, or site-packages in an installed copy.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(dataset.__file__)))
+
+
+def build_command_argv(command: str) -> List[str]:
+    """`data_build_command` as arguments for Python; a relative script path (`dataset/build_maze_dataset.py`)
+    not found from the working directory is taken from the project, so runs started elsewhere can build."""
+    argv = shlex.split(command)
+    if argv and argv[0].endswith(".py") and not os.path.isabs(argv[0]) and not os.path.exists(argv[0]):
+        argv[0] = os.path.join(PROJECT_ROOT, argv[0])
+    return argv
+
+
 def ensure_dataset(config: PretrainConfig, ctx: DistributedContext) -> None:
     """Check that data_path holds a dataset; build it first when the config asks to."""
     marker = os.path.join(config.data_path, "train", "dataset.json")
     if not os.path.isfile(marker) and config.auto_build_data and config.data_build_command:
         if ctx.is_main:
             print(f"building the dataset: {config.data_build_command}", flush=True)
-            subprocess.run([sys.executable, *shlex.split(config.data_build_command)], check=True)
+            built = subprocess.run([sys.executable, *build_command_argv(config.data_build_command)])
+            if built.returncode != 0:
+                raise ConfigError(f"building the dataset failed (exit code {built.returncode}): "
+                                  f"python {config.data_build_command}")
         if ctx.world_size > 1:
             dist.barrier()
     if not os.path.isfile(marker):
