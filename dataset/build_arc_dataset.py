@@ -6,31 +6,50 @@ per-puzzle kept-in-place example and canvas offsets while writing).
 
 Inputs, one of:
   --dataset-dirs DIR ...   folders of subfolders (`training`, `evaluation`, ...) of `<id>.json` puzzles
-                           with "train" and "test" lists of {"input", "output"} (ARC-AGI repository layout).
+                           with "train" and "test" lists of {"input", "output"} (ARC-AGI repository layout;
+                           the reference default).
+  --preset arc-1 | arc-2   the published subsets from the --arc-data folder: arc-1 = ARC-AGI-1 training +
+                           evaluation + ConceptARC (subsets training, evaluation, concept), arc-2 = ARC-AGI-2
+                           (training2, evaluation2). Explicit flags override the preset's values.
+  --subsets S ...          chosen subsets from the --arc-data folder.
   --input-file-prefix P --subsets S ...
-                           challenge/solution pairs `P_<S>_challenges.json` + `P_<S>_solutions.json`;
-                           each subset acts as a subfolder named S.
-  --preset arc-1 | arc-2   the shared ARC files with the published subsets; explicit flags override it.
+                           challenge/solution pairs `P_<S>_challenges.json` + `P_<S>_solutions.json`
+                           anywhere; each subset acts as a subfolder named S.
+
+The --arc-data folder (default `data/arc-prize` under the working directory, or the environment variable
+HRM_ARC_DATA when set; the flag wins over both) holds ARC Prize-format pairs
+`arc-agi_<subset>_challenges.json` (puzzle id -> "train" pairs and "test" inputs) and
+`arc-agi_<subset>_solutions.json` (puzzle id -> list of test outputs). Its files come from the public
+repositories ARC-AGI (github.com/fchollet/ARC-AGI), ARC-AGI-2 (github.com/arcprize/ARC-AGI-2) and
+ConceptARC (github.com/victorvikram/ConceptARC); on an online machine `--download` fetches the three and
+writes every missing file of the folder (existing files are kept), then builds if a preset or subsets are
+given. It names each puzzle after its file (without `.json`) and lists a subset's ids in sorted order,
+the order of the ARC Prize files for training, evaluation, training2 and evaluation2. ARC Prize-format
+copies of the concept subset list its ids in an arbitrary (file system) order; as the builder shuffles in
+load order, a dataset built from such a copy differs from one built from downloaded files, though both
+hold the same puzzles and each is reproducible. ConceptARC's `<concept>Minimal.json` warm-up puzzles are
+left out, as in those copies (16 concepts x 10 puzzles).
 
 Puzzles of the subfolder named `--test-set-name` send their test pairs to the test split and their
 demonstrations to train; every other puzzle goes to train whole (demonstrations, then test pairs).
-A subset whose solutions file is missing has unknown test outputs: its test pairs are left out of the
-splits (with a warning) but still listed, inputs only, in `test_puzzles.json`.
+A subset whose solutions file is missing (only with --input-file-prefix) has unknown test outputs: its test
+pairs are left out of the splits (with a warning) but still listed, inputs only, in `test_puzzles.json`.
 
 Besides the usual folder layout, `test_puzzles.json` at the dataset root maps every original puzzle with
 test pairs to its demonstrations and test pairs as plain lists, for voting and scoring later.
 """
 import argparse
+import fnmatch
 import glob
+import http.client
+import io
 import json
 import os
 import sys
+import urllib.request
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import numpy as np
 from numpy.lib.format import open_memmap
@@ -55,13 +74,41 @@ TEST_DESTINATION = ("test", "all")
 DEFAULT_DATASET_DIRS = ["dataset/raw-data/ARC-AGI/data", "dataset/raw-data/ConceptARC/corpus"]
 DEFAULT_OUTPUT_DIR = "data/arc-aug-1000"
 DEFAULT_TEST_SET_NAME = "evaluation"
-SHARED_ARC_PREFIX = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "arc", "arc-agi"))
+DEFAULT_ARC_DATA = "data/arc-prize"
+ARC_DATA_ENV = "HRM_ARC_DATA"
+ARC_FILE_PREFIX = "arc-agi"  # files are <folder>/arc-agi_<subset>_{challenges,solutions}.json
 PRESETS = {
-    "arc-1": dict(input_file_prefix=SHARED_ARC_PREFIX, subsets=["training", "evaluation", "concept"],
-                  test_set_name="evaluation", output_dir="data/arc-aug-1000"),
-    "arc-2": dict(input_file_prefix=SHARED_ARC_PREFIX, subsets=["training2", "evaluation2"],
-                  test_set_name="evaluation2", output_dir="data/arc-2-aug-1000"),
+    "arc-1": dict(subsets=["training", "evaluation", "concept"], test_set_name="evaluation",
+                  output_dir="data/arc-aug-1000"),
+    "arc-2": dict(subsets=["training2", "evaluation2"], test_set_name="evaluation2",
+                  output_dir="data/arc-2-aug-1000"),
 }
+
+ARCHIVE_URL = "https://github.com/{repository}/archive/refs/heads/{branch}.zip"
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class PuzzleRepository:
+    """A public repository of per-puzzle JSON files and where its puzzles land in the --arc-data folder."""
+    repository: str  # owner/name on GitHub
+    branch: str
+    # Path pattern of the puzzle files inside the repository ("*" stands for one path component) -> subset.
+    subsets: Dict[str, str]
+    # Puzzle ids ending in this are left out (ConceptARC's warm-up puzzles, absent from its ARC Prize-format
+    # subset).
+    left_out_suffix: Optional[str] = None
+
+
+PUZZLE_REPOSITORIES = (
+    PuzzleRepository("fchollet/ARC-AGI", "master",
+                     {"data/training/*.json": "training", "data/evaluation/*.json": "evaluation"}),
+    PuzzleRepository("arcprize/ARC-AGI-2", "main",
+                     {"data/training/*.json": "training2", "data/evaluation/*.json": "evaluation2"}),
+    PuzzleRepository("victorvikram/ConceptARC", "main", {"corpus/*/*.json": "concept"}, left_out_suffix="Minimal"),
+)
+ARC_DATA_SOURCES = ("the public repositories ARC-AGI (github.com/fchollet/ARC-AGI), ARC-AGI-2 "
+                    "(github.com/arcprize/ARC-AGI-2) and ConceptARC (github.com/victorvikram/ConceptARC)")
 
 Pair = Tuple[np.ndarray, np.ndarray]
 Destination = Tuple[str, str]  # (split, set)
@@ -191,6 +238,28 @@ def load_challenge_files(prefix: str, subsets: List[str]) -> List[Tuple[str, Lis
     return loaded
 
 
+def arc_data_file(arc_data: str, subset: str, kind: str) -> str:
+    """Path of a subset's `challenges` or `solutions` file in the --arc-data folder."""
+    return os.path.join(arc_data, f"{ARC_FILE_PREFIX}_{subset}_{kind}.json")
+
+
+def check_arc_data(arc_data: str, subsets: List[str]) -> None:
+    """Stop, saying where to get the files, when the --arc-data folder or a subset's file is missing."""
+    problem = None
+    if not os.path.isdir(arc_data):
+        problem = "not found"
+    else:
+        missing = [os.path.basename(arc_data_file(arc_data, subset, kind)) for subset in subsets
+                   for kind in ("challenges", "solutions") if not os.path.isfile(arc_data_file(arc_data, subset, kind))]
+        if missing:
+            problem = f"has no {', '.join(missing)}"
+    if problem:
+        raise DatasetBuildError(
+            f"ARC data folder {os.path.abspath(arc_data)} {problem} (choose the folder with --arc-data DIR or "
+            f"{ARC_DATA_ENV}); its {ARC_FILE_PREFIX}_<subset>_{{challenges,solutions}}.json files come from "
+            f"{ARC_DATA_SOURCES}: run with --download on an online machine to fetch and convert them")
+
+
 def check_unique_names(sources: List[Tuple[str, List[SourcePuzzle]]]) -> None:
     # Two puzzles sharing a name would share identifiers and clash in test_puzzles.json.
     seen = {}
@@ -200,6 +269,121 @@ def check_unique_names(sources: List[Tuple[str, List[SourcePuzzle]]]) -> None:
                 raise DatasetBuildError(f"puzzle name {puzzle.name!r} is used by both {seen[puzzle.name]} "
                                         f"and {puzzle.origin}")
             seen[puzzle.name] = puzzle.origin
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downloading the --arc-data folder
+
+def fetch_archive(url: str) -> bytes:
+    """The bytes at `url` (https or file), with a progress bar; any failure is one DatasetBuildError."""
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            size = response.headers.get("Content-Length")
+            chunks = []
+            with tqdm(total=int(size) if size else None, unit="B", unit_scale=True, desc="download") as progress:
+                while chunk := response.read(1 << 16):
+                    chunks.append(chunk)
+                    progress.update(len(chunk))
+    except (OSError, http.client.HTTPException) as e:  # offline, refused, HTTP error, timeout, cut connection
+        reason = " ".join(str(getattr(e, "reason", None) or e).split())
+        raise DatasetBuildError(f"could not download {url} ({type(e).__name__}: {reason}); on a machine without "
+                                f"internet, copy the ARC Prize-format files in by hand") from None
+    return b"".join(chunks)
+
+
+def archive_puzzle(member: str, repository: PuzzleRepository) -> Optional[Tuple[str, str]]:
+    """(subset, puzzle id) of an archive member that is one of the repository's puzzles, else None."""
+    # GitHub archives hold the repository under one top folder, `<name>-<branch>/`.
+    parts = member.split("/")[1:]
+    for pattern, subset in repository.subsets.items():
+        pattern_parts = pattern.split("/")
+        if len(parts) == len(pattern_parts) and all(fnmatch.fnmatchcase(part, pattern_part)
+                                                    for part, pattern_part in zip(parts, pattern_parts)):
+            puzzle_id = parts[-1][:-len(".json")]
+            if repository.left_out_suffix and puzzle_id.endswith(repository.left_out_suffix):
+                return None
+            return subset, puzzle_id
+    return None
+
+
+def convert_archive(archive: bytes, repository: PuzzleRepository, url: str) -> Dict[str, Tuple[dict, dict]]:
+    """subset -> (challenges, solutions) in the ARC Prize format, puzzle ids in sorted order."""
+    try:
+        archive_file = zipfile.ZipFile(io.BytesIO(archive))
+    except zipfile.BadZipFile:
+        raise DatasetBuildError(f"{url}: not a zip archive") from None
+    puzzles: Dict[str, Dict[str, dict]] = {subset: {} for subset in repository.subsets.values()}
+    with archive_file:
+        for member in archive_file.namelist():
+            found = archive_puzzle(member, repository)
+            if found is None:
+                continue
+            subset, puzzle_id = found
+            where = f"{url}, {member}"
+            try:
+                data = json.loads(archive_file.read(member))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DatasetBuildError(f"{where}: not valid JSON ({e})") from None
+            puzzle = parse_puzzle(data, puzzle_id, where)  # checks every grid
+            if any(output is None for _, output in puzzle.tests):
+                raise DatasetBuildError(f"{where}: a test pair has no \"output\"")
+            if puzzle_id in puzzles[subset]:
+                raise DatasetBuildError(f"{where}: puzzle id {puzzle_id} appears twice in subset {subset}")
+            puzzles[subset][puzzle_id] = data
+    converted = {}
+    for pattern, subset in repository.subsets.items():
+        if not puzzles[subset]:
+            raise DatasetBuildError(f"{url}: no puzzle files match {pattern}")
+        ordered = sorted(puzzles[subset].items())
+        challenges = {puzzle_id: {"train": [{"input": pair["input"], "output": pair["output"]}
+                                            for pair in data["train"]],
+                                  "test": [{"input": pair["input"]} for pair in data["test"]]}
+                      for puzzle_id, data in ordered}
+        solutions = {puzzle_id: [pair["output"] for pair in data["test"]] for puzzle_id, data in ordered}
+        converted[subset] = (challenges, solutions)
+    return converted
+
+
+def write_new_json(path: str, content) -> None:
+    """Write `path`, which must not exist, under a temporary name first: no reader sees half a file."""
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "x") as f:
+            json.dump(content, f)
+        os.rename(temporary, path)
+    except BaseException as e:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        if isinstance(e, OSError):  # no permission, disk full
+            raise DatasetBuildError(f"{path}: cannot write ({e.strerror})") from None
+        raise
+
+
+def download_arc_data(arc_data: str) -> None:
+    """Fill the --arc-data folder: fetch each repository with a subset file missing there and write the
+    missing files. Existing files are never replaced."""
+    if os.path.exists(arc_data) and not os.path.isdir(arc_data):
+        raise DatasetBuildError(f"--arc-data {arc_data}: not a folder")
+    try:
+        os.makedirs(arc_data, exist_ok=True)
+    except OSError as e:
+        raise DatasetBuildError(f"--arc-data {arc_data}: cannot create the folder ({e.strerror})") from None
+    for repository in PUZZLE_REPOSITORIES:
+        paths = {subset: [arc_data_file(arc_data, subset, kind) for kind in ("challenges", "solutions")]
+                 for subset in repository.subsets.values()}
+        if all(os.path.exists(path) for subset_paths in paths.values() for path in subset_paths):
+            print(f"{repository.repository}: all its files are in {arc_data}; not downloaded")
+            continue
+        url = ARCHIVE_URL.format(repository=repository.repository, branch=repository.branch)
+        print(f"{repository.repository}: downloading {url}")
+        converted = convert_archive(fetch_archive(url), repository, url)
+        for subset, files in converted.items():
+            for path, content in zip(paths[subset], files):
+                if os.path.exists(path):
+                    print(f"kept existing {path}")
+                else:
+                    write_new_json(path, content)
+                    print(f"wrote {path} ({len(content)} puzzles)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,33 +620,49 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[2:]))
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="arc-1: ARC-AGI-1 training+evaluation+ConceptARC from the shared files; "
-                             "arc-2: ARC-AGI-2 training2+evaluation2. Explicit flags override its values.")
+                        help="arc-1: ARC-AGI-1 training+evaluation+ConceptARC (subsets training, evaluation, "
+                             "concept); arc-2: ARC-AGI-2 (training2, evaluation2); both read from --arc-data. "
+                             "Explicit flags override its values.")
+    parser.add_argument("--arc-data", metavar="DIR",
+                        help=f"folder of ARC Prize-format {ARC_FILE_PREFIX}_<subset>_{{challenges,solutions}}.json "
+                             f"files read by --preset and --subsets (default: ${ARC_DATA_ENV} if set, else "
+                             f"{DEFAULT_ARC_DATA})")
+    parser.add_argument("--download", action="store_true",
+                        help="first fetch ARC-AGI, ARC-AGI-2 and ConceptARC from GitHub and write the missing "
+                             "files of --arc-data (existing files are kept); builds only with --preset or --subsets")
     parser.add_argument("--dataset-dirs", nargs="+",
                         help=f"folders of subfolders of <id>.json puzzles (default {' '.join(DEFAULT_DATASET_DIRS)})")
     parser.add_argument("--input-file-prefix",
-                        help="read PREFIX_<subset>_challenges.json and PREFIX_<subset>_solutions.json instead")
-    parser.add_argument("--subsets", nargs="+", help="subsets to read with --input-file-prefix")
+                        help="read PREFIX_<subset>_challenges.json and PREFIX_<subset>_solutions.json instead of "
+                             "the --arc-data folder")
+    parser.add_argument("--subsets", nargs="+", help="subsets to read from --arc-data or --input-file-prefix")
     parser.add_argument("--test-set-name",
                         help=f"subfolder/subset whose test pairs form the test split (default {DEFAULT_TEST_SET_NAME})")
     parser.add_argument("--output-dir", help=f"dataset folder to write (default {DEFAULT_OUTPUT_DIR})")
-    parser.add_argument("--seed", type=int, default=42, help="numpy seed for shuffles and augmentation")
-    parser.add_argument("--num-aug", type=int, default=1000, help="augmented versions per puzzle (0: none)")
+    parser.add_argument("--seed", type=int, default=42, help="numpy seed for shuffles and augmentation (default 42)")
+    parser.add_argument("--num-aug", type=int, default=1000,
+                        help="augmented versions per puzzle, 0 for none (default 1000)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
 
-    if args.dataset_dirs and (args.preset or args.input_file_prefix or args.subsets):
-        raise DatasetBuildError("--dataset-dirs cannot be combined with --preset, --input-file-prefix or --subsets")
+    if args.dataset_dirs and (args.preset or args.input_file_prefix or args.subsets or args.arc_data or args.download):
+        raise DatasetBuildError("--dataset-dirs cannot be combined with --preset, --subsets, --input-file-prefix, "
+                                "--arc-data or --download")
+    if args.input_file_prefix and (args.arc_data or args.download):
+        raise DatasetBuildError("--input-file-prefix names its files itself; --arc-data and --download do not apply")
     preset = PRESETS.get(args.preset, {})
-    for key in ("input_file_prefix", "subsets", "test_set_name", "output_dir"):
+    for key in ("subsets", "test_set_name", "output_dir"):
         if getattr(args, key) is None and key in preset:
             setattr(args, key, preset[key])
-    if args.subsets and not args.input_file_prefix:
-        raise DatasetBuildError("--subsets needs --input-file-prefix")
     if args.input_file_prefix and not args.subsets:
         raise DatasetBuildError("--input-file-prefix needs --subsets")
-    if not args.input_file_prefix and not args.dataset_dirs:
-        args.dataset_dirs = DEFAULT_DATASET_DIRS
+    if args.arc_data and not (args.subsets or args.download):
+        raise DatasetBuildError("--arc-data is read by --preset or --subsets and filled by --download; "
+                                "give one of them")
+    # An empty variable counts as unset, like a missing one.
+    args.arc_data = args.arc_data or os.environ.get(ARC_DATA_ENV) or DEFAULT_ARC_DATA
+    if not args.subsets and not args.download:
+        args.dataset_dirs = args.dataset_dirs or DEFAULT_DATASET_DIRS
     args.test_set_name = args.test_set_name or DEFAULT_TEST_SET_NAME
     args.output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
     return args
@@ -470,10 +670,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.input_file_prefix:
+    if args.download:
+        download_arc_data(args.arc_data)
+        if not args.subsets:
+            return
+    if args.dataset_dirs:
+        sources = [source for dataset_dir in args.dataset_dirs for source in load_puzzle_folders(dataset_dir)]
+    elif args.input_file_prefix:
         sources = load_challenge_files(args.input_file_prefix, args.subsets)
     else:
-        sources = [source for dataset_dir in args.dataset_dirs for source in load_puzzle_folders(dataset_dir)]
+        check_arc_data(args.arc_data, args.subsets)
+        sources = load_challenge_files(os.path.join(args.arc_data, ARC_FILE_PREFIX), args.subsets)
     build(sources, args.output_dir, args.test_set_name, args.seed, args.num_aug, args.overwrite)
 
 

@@ -13,12 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-
-# Run as `python dataset/build_maze_dataset.py`: put the repository root on the path for `dataset.*`.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import numpy as np
 from huggingface_hub import hf_hub_download

@@ -1,25 +1,25 @@
 """Build the Sudoku dataset folder (reference format) from official CSVs, the Hugging Face release or the
-offline generator.
+offline generator. The defaults are the reference's: every puzzle of the release, no augmentation, into
+data/sudoku-extreme-full.
 
+    python dataset/build_sudoku_dataset.py                             # download --source-repo, all puzzles
+    python dataset/build_sudoku_dataset.py --output-dir data/sudoku-extreme-1k-aug-1000 \
+        --subsample-size 1000 --num-aug 1000                           # the published 1000-puzzle set
     python dataset/build_sudoku_dataset.py --source-csv DIR            # DIR/train.csv and DIR/test.csv
-    python dataset/build_sudoku_dataset.py                             # download --source-repo
     python dataset/build_sudoku_dataset.py --generate-train 1000 --generate-test 1000 --min-difficulty 1
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `dataset.*`
+import huggingface_hub
+import numpy as np
+from tqdm import tqdm
 
-import huggingface_hub  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from dataset import sudoku_generator  # noqa: E402
-from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, read_puzzle_csv,  # noqa: E402
+from dataset import sudoku_generator
+from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, read_puzzle_csv,
                             run_builder, save_identifiers, save_split, write_puzzle_csv)
 
 SPLITS = ("train", "test")
@@ -33,12 +33,15 @@ CELL_VALUE[ord("1"):ord("9") + 1] = np.arange(1, 10)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="data/sudoku-extreme-1k-aug-1000", help="dataset folder to write")
-    parser.add_argument("--subsample-size", type=int, default=1000,
-                        help="keep this many train puzzles, drawn without replacement (0: keep all)")
+    parser.add_argument("--output-dir", default="data/sudoku-extreme-full",
+                        help="dataset folder to write (default %(default)s)")
+    parser.add_argument("--subsample-size", type=int, default=None,
+                        help="keep this many train puzzles, drawn without replacement (default, or 0: keep all)")
     parser.add_argument("--min-difficulty", type=int, default=None,
-                        help="drop puzzles rated below this (and, when generating, keep drawing until enough pass)")
-    parser.add_argument("--num-aug", type=int, default=1000, help="shuffled copies added to each train puzzle")
+                        help="drop puzzles rated below this (and, when generating, keep drawing until enough pass); "
+                             "default: keep all")
+    parser.add_argument("--num-aug", type=int, default=0,
+                        help="shuffled copies added to each train puzzle (default %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="numpy global seed for subsampling and shuffles; "
                                                              "also seeds the generator")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -1,33 +1,68 @@
-"""ARC builder: token layout, augmentation, split rule, identifiers, file contents and input errors."""
+"""ARC builder: token layout, augmentation, split rule, identifiers, file contents, the --arc-data folder and
+its download, and input errors. Puzzles are generated here; a last test reads the real ARC files when
+HRM_ARC_DATA names a folder holding them."""
+import copy
 import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
+import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import ARC_DATA_DIR, REPO_ROOT
 from dataset import build_arc_dataset as arc
-from dataset.common import dihedral_transform, inverse_dihedral_transform, load_metadata
+from dataset.common import dihedral_transform, inverse_dihedral_transform, load_metadata, run_builder
+from dataset_scripts import run_builder_script
 
-BUILDER = os.path.join(REPO_ROOT, "dataset", "build_arc_dataset.py")
-TRAINING_IDS = ["007bbfb7", "00d62c1b", "017c7c7b"]
-EVALUATION_IDS = ["00576224", "12997ef3"]  # the second has two test pairs
 NUM_AUG = 4
 
 
-def shared_puzzles(subset, ids):
-    """Real puzzles with their test outputs merged in (the per-puzzle-file layout)."""
-    with open(os.path.join(ARC_DATA_DIR, f"arc-agi_{subset}_challenges.json")) as f:
-        challenges = json.load(f)
-    with open(os.path.join(ARC_DATA_DIR, f"arc-agi_{subset}_solutions.json")) as f:
-        solutions = json.load(f)
-    return {i: {"train": challenges[i]["train"],
-                "test": [{"input": t["input"], "output": o} for t, o in zip(challenges[i]["test"], solutions[i])]}
-            for i in ids}
+def random_grid(rng, shape):
+    return rng.integers(0, 10, size=shape).tolist()
+
+
+def random_shape(rng):
+    return tuple(int(side) for side in rng.integers(1, 31, size=2))
+
+
+def random_puzzle(rng, num_demos, num_tests, first_input_shapes=()):
+    """An ARC-like puzzle of random grids (colours 0..9, sides 1..30); its first inputs take the given shapes."""
+    pairs = []
+    for index in range(num_demos + num_tests):
+        input_shape = first_input_shapes[index] if index < len(first_input_shapes) else random_shape(rng)
+        # Many ARC puzzles keep the grid's shape; the rest change it.
+        output_shape = input_shape if rng.random() < 0.5 else random_shape(rng)
+        pairs.append({"input": random_grid(rng, input_shape), "output": random_grid(rng, output_shape)})
+    return {"train": pairs[:num_demos], "test": pairs[num_demos:]}
+
+
+def random_subsets(seed, layouts):
+    """subset -> {id: puzzle} from subset -> list of (demonstrations, test pairs, first input shapes).
+
+    Ids are distinct 8-digit hex names like ARC's, listed in sorted order like the ARC Prize files."""
+    rng = np.random.default_rng(seed)
+    count = sum(len(layout) for layout in layouts.values())
+    ids = [f"{value:08x}" for value in rng.choice(1 << 32, size=count, replace=False)]
+    subsets = {}
+    for subset, layout in layouts.items():
+        subset_ids, ids = sorted(ids[:len(layout)]), ids[len(layout):]
+        subsets[subset] = {puzzle_id: random_puzzle(rng, *spec) for puzzle_id, spec in zip(subset_ids, layout)}
+    return subsets
+
+
+# Edge shapes (1x1, 30x30, one-row and one-column grids) among random rectangular ones.
+PUZZLES = random_subsets(2024, {
+    "training": [(3, 1, [(1, 1), (30, 30)]), (4, 1, [(30, 1), (1, 30)]), (2, 1, [(2, 29), (7, 3)])],
+    "evaluation": [(3, 1, [(5, 7)]), (2, 2, [(29, 3)])],  # the second has two test pairs
+})
+TRAINING_IDS = list(PUZZLES["training"])
+EVALUATION_IDS = list(PUZZLES["evaluation"])
+
+
+def sample_puzzles(subset, ids):
+    """Fresh copies of generated puzzles (with their test outputs), safe to modify."""
+    return {i: copy.deepcopy(PUZZLES[subset][i]) for i in ids}
 
 
 def write_puzzle_folder(root, puzzles_by_subfolder):
@@ -63,8 +98,8 @@ def decode(tokens):
 @pytest.fixture(scope="module")
 def folder_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc")
-    write_puzzle_folder(root / "raw", {"training": shared_puzzles("training", TRAINING_IDS),
-                                       "evaluation": shared_puzzles("evaluation", EVALUATION_IDS)})
+    write_puzzle_folder(root / "raw", {"training": sample_puzzles("training", TRAINING_IDS),
+                                       "evaluation": sample_puzzles("evaluation", EVALUATION_IDS)})
     output_dir = str(root / "out")
     arc.main(["--dataset-dirs", str(root / "raw"), "--output-dir", output_dir, "--num-aug", str(NUM_AUG)])
     return output_dir
@@ -74,8 +109,8 @@ def folder_dataset(tmp_path_factory):
 def file_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc")
     prefix = str(root / "arc")
-    write_challenge_pair(prefix, "training", shared_puzzles("training", TRAINING_IDS))
-    write_challenge_pair(prefix, "evaluation", shared_puzzles("evaluation", EVALUATION_IDS))
+    write_challenge_pair(prefix, "training", sample_puzzles("training", TRAINING_IDS))
+    write_challenge_pair(prefix, "evaluation", sample_puzzles("evaluation", EVALUATION_IDS))
     output_dir = str(root / "out")
     arc.main(["--input-file-prefix", prefix, "--subsets", "training", "evaluation", "--output-dir", output_dir,
               "--num-aug", str(NUM_AUG), "--seed", "3"])
@@ -160,11 +195,12 @@ def test_dihedral_round_trip():
 def test_stored_versions_map_back_to_the_original(folder_dataset):
     names = json.load(open(os.path.join(folder_dataset, "identifiers.json")))
     train = load_set(folder_dataset, "train")
-    original = shared_puzzles("training", ["007bbfb7"])["007bbfb7"]
+    puzzle_id = TRAINING_IDS[0]
+    original = sample_puzzles("training", [puzzle_id])[puzzle_id]
     pairs = original["train"] + original["test"]
     checked = 0
     for p, identifier in enumerate(train["puzzle_identifiers"]):
-        match = re.fullmatch(r"007bbfb7_t(\d)_(\d{10})", names[identifier])
+        match = re.fullmatch(rf"{puzzle_id}_t(\d)_(\d{{10}})", names[identifier])
         if not match:
             continue
         transform_id, colour_map = int(match[1]), np.array([int(c) for c in match[2]])
@@ -210,10 +246,11 @@ def test_augmentation_rejects_duplicate_versions(capsys):
 
 
 def test_augmentation_draws_full_distinct_groups():
+    puzzle_id = TRAINING_IDS[1]
     pairs = [(np.array(e["input"], np.uint8), np.array(e["output"], np.uint8))
-             for e in shared_puzzles("training", ["00d62c1b"])["00d62c1b"]["train"]]
+             for e in sample_puzzles("training", [puzzle_id])[puzzle_id]["train"]]
     np.random.seed(5)
-    versions = arc.augment("00d62c1b", pairs, 8)
+    versions = arc.augment(puzzle_id, pairs, 8)
     assert len(versions) == 9
     assert len({pair_multiset(v) for v in versions_of(pairs, versions)}) == 9
     for t, colour_map in versions[1:]:
@@ -239,7 +276,7 @@ def test_identifiers_names_and_uniqueness(folder_dataset):
 
 def test_evaluation_folder_split_rule(folder_dataset):
     names = json.load(open(os.path.join(folder_dataset, "identifiers.json")))
-    sources = {**shared_puzzles("training", TRAINING_IDS), **shared_puzzles("evaluation", EVALUATION_IDS)}
+    sources = {**sample_puzzles("training", TRAINING_IDS), **sample_puzzles("evaluation", EVALUATION_IDS)}
     expected = {"train": {n: len(p["train"]) + (len(p["test"]) if n in TRAINING_IDS else 0)
                           for n, p in sources.items()},
                 "test": {n: len(sources[n]["test"]) for n in EVALUATION_IDS}}
@@ -297,15 +334,15 @@ def test_metadata(folder_dataset):
 def test_test_puzzles_json(folder_dataset):
     with open(os.path.join(folder_dataset, "test_puzzles.json")) as f:
         test_puzzles = json.load(f)
-    assert test_puzzles == {**shared_puzzles("training", TRAINING_IDS), **shared_puzzles("evaluation", EVALUATION_IDS)}
+    assert test_puzzles == {**sample_puzzles("training", TRAINING_IDS), **sample_puzzles("evaluation", EVALUATION_IDS)}
 
 
 def test_folder_and_file_inputs_build_the_same_dataset(folder_dataset, tmp_path):
     # Subfolders are read in sorted order (evaluation, training); the same subsets in that order and the
     # same seed give the same dataset from challenge/solution files.
     prefix = str(tmp_path / "arc")
-    write_challenge_pair(prefix, "training", shared_puzzles("training", TRAINING_IDS))
-    write_challenge_pair(prefix, "evaluation", shared_puzzles("evaluation", EVALUATION_IDS))
+    write_challenge_pair(prefix, "training", sample_puzzles("training", TRAINING_IDS))
+    write_challenge_pair(prefix, "evaluation", sample_puzzles("evaluation", EVALUATION_IDS))
     output_dir = str(tmp_path / "out")
     arc.main(["--input-file-prefix", prefix, "--subsets", "evaluation", "training", "--output-dir", output_dir,
               "--num-aug", str(NUM_AUG)])
@@ -377,8 +414,8 @@ def reference_transcription(puzzle_list, test_subset, seed, num_aug):
 
 
 def test_matches_reference_transcription(file_dataset):
-    out, names = reference_transcription([("training", shared_puzzles("training", TRAINING_IDS)),
-                                          ("evaluation", shared_puzzles("evaluation", EVALUATION_IDS))],
+    out, names = reference_transcription([("training", sample_puzzles("training", TRAINING_IDS)),
+                                          ("evaluation", sample_puzzles("evaluation", EVALUATION_IDS))],
                                          "evaluation", seed=3, num_aug=NUM_AUG)
     assert json.load(open(os.path.join(file_dataset, "identifiers.json"))) == names
     for split, (inputs, labels) in out.items():
@@ -389,7 +426,7 @@ def test_matches_reference_transcription(file_dataset):
 
 def test_subfolders_read_in_name_order(tmp_path):
     names = ["delta", "alpha", "echo", "charlie", "foxtrot", "bravo"]
-    puzzle = shared_puzzles("training", ["007bbfb7"])["007bbfb7"]
+    puzzle = sample_puzzles("training", TRAINING_IDS[:1])[TRAINING_IDS[0]]
     write_puzzle_folder(tmp_path, {name: {f"{name}-{i}": puzzle for i in (2, 0, 1)} for name in names})
     loaded = arc.load_puzzle_folders(str(tmp_path))
     assert [subfolder for subfolder, _ in loaded] == sorted(names)
@@ -397,7 +434,7 @@ def test_subfolders_read_in_name_order(tmp_path):
 
 
 def test_name_key_overrides_file_name(tmp_path):
-    puzzle = shared_puzzles("training", ["007bbfb7"])["007bbfb7"]
+    puzzle = sample_puzzles("training", TRAINING_IDS[:1])[TRAINING_IDS[0]]
     write_puzzle_folder(tmp_path / "raw", {"training": {"file-stem": {**puzzle, "name": "renamed"}}})
     arc.main(["--dataset-dirs", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "out"), "--num-aug", "0"])
     assert json.load(open(tmp_path / "out" / "identifiers.json")) == ["<blank>", "renamed"]
@@ -406,8 +443,8 @@ def test_name_key_overrides_file_name(tmp_path):
 
 def test_missing_solutions_leave_tests_out(tmp_path, capsys):
     prefix = str(tmp_path / "arc")
-    puzzles = shared_puzzles("evaluation", EVALUATION_IDS)
-    write_challenge_pair(prefix, "training", shared_puzzles("training", TRAINING_IDS[:1]))
+    puzzles = sample_puzzles("evaluation", EVALUATION_IDS)
+    write_challenge_pair(prefix, "training", sample_puzzles("training", TRAINING_IDS[:1]))
     write_challenge_pair(prefix, "evaluation", puzzles, with_solutions=False)
     output_dir = tmp_path / "out"
     arc.main(["--input-file-prefix", prefix, "--subsets", "training", "evaluation", "--output-dir", str(output_dir),
@@ -419,22 +456,301 @@ def test_missing_solutions_leave_tests_out(tmp_path, capsys):
     assert test_puzzles[first]["test"] == [{"input": t["input"]} for t in puzzles[first]["test"]]
 
 
-def test_preset_values_and_overrides():
+def test_reference_defaults_and_preset_values(monkeypatch):
+    monkeypatch.delenv("HRM_ARC_DATA", raising=False)
+    args = arc.parse_args([])  # the reference's defaults
+    assert (args.dataset_dirs, args.output_dir, args.test_set_name, args.seed, args.num_aug) == (
+        ["dataset/raw-data/ARC-AGI/data", "dataset/raw-data/ConceptARC/corpus"], "data/arc-aug-1000", "evaluation",
+        42, 1000)
     args = arc.parse_args(["--preset", "arc-2"])
-    assert args.input_file_prefix.endswith(os.path.join("shared", "data", "arc", "arc-agi"))
-    assert os.path.isfile(f"{args.input_file_prefix}_training2_challenges.json")
-    assert (args.subsets, args.test_set_name, args.output_dir) == (["training2", "evaluation2"], "evaluation2",
-                                                                   "data/arc-2-aug-1000")
+    assert (args.arc_data, args.subsets, args.test_set_name, args.output_dir, args.dataset_dirs) == (
+        "data/arc-prize", ["training2", "evaluation2"], "evaluation2", "data/arc-2-aug-1000", None)
+    args = arc.parse_args(["--preset", "arc-1"])
+    assert (args.subsets, args.test_set_name, args.output_dir) == (["training", "evaluation", "concept"],
+                                                                   "evaluation", "data/arc-aug-1000")
     args = arc.parse_args(["--preset", "arc-1", "--subsets", "training", "--output-dir", "x", "--num-aug", "3"])
     assert (args.subsets, args.test_set_name, args.output_dir, args.num_aug) == (["training"], "evaluation", "x", 3)
-    args = arc.parse_args([])
-    assert args.dataset_dirs == arc.DEFAULT_DATASET_DIRS and args.output_dir == "data/arc-aug-1000"
+
+
+def test_arc_data_folder_flag_beats_environment_beats_default(monkeypatch):
+    monkeypatch.delenv("HRM_ARC_DATA", raising=False)
+    assert arc.parse_args(["--preset", "arc-1"]).arc_data == "data/arc-prize"
+    monkeypatch.setenv("HRM_ARC_DATA", "")  # empty counts as unset
+    assert arc.parse_args(["--preset", "arc-1"]).arc_data == "data/arc-prize"
+    monkeypatch.setenv("HRM_ARC_DATA", "/from/env")
+    assert arc.parse_args(["--preset", "arc-1"]).arc_data == "/from/env"
+    assert arc.parse_args(["--preset", "arc-1", "--arc-data", "/from/flag"]).arc_data == "/from/flag"
+
+
+def write_arc_data(folder, puzzles_by_subset):
+    """An --arc-data folder holding ARC Prize-format pairs of the given puzzles."""
+    os.makedirs(folder, exist_ok=True)
+    for subset, puzzles in puzzles_by_subset.items():
+        write_challenge_pair(os.path.join(folder, "arc-agi"), subset, puzzles)
+    return str(folder)
+
+
+def test_preset_reads_the_arc_data_folder(tmp_path, monkeypatch):
+    # Three folders with different training2 subsets: the default one under the working directory, the one
+    # in $HRM_ARC_DATA and the one given by --arc-data. The flag wins over the variable, which wins over
+    # the default.
+    def arc_2_subsets(num_training):
+        return {"training2": sample_puzzles("training", TRAINING_IDS[:num_training]),
+                "evaluation2": sample_puzzles("evaluation", EVALUATION_IDS)}
+
+    folders = {"default": tmp_path / "data" / "arc-prize", "env": tmp_path / "env", "flag": tmp_path / "flag"}
+    for num_training, folder in enumerate(folders.values(), start=1):
+        write_arc_data(folder, arc_2_subsets(num_training))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HRM_ARC_DATA", raising=False)
+    build = ["--preset", "arc-2", "--num-aug", "0", "--output-dir"]
+    arc.main(build + ["default-out"])
+    monkeypatch.setenv("HRM_ARC_DATA", str(folders["env"]))
+    arc.main(build + ["env-out"])
+    arc.main(build + ["flag-out", "--arc-data", str(folders["flag"])])
+    for num_training, output_dir in enumerate(("default-out", "env-out", "flag-out"), start=1):
+        with open(tmp_path / output_dir / "test_puzzles.json") as f:
+            assert json.load(f) == {i: p for puzzles in arc_2_subsets(num_training).values()
+                                    for i, p in puzzles.items()}, output_dir
+        assert load_metadata(str(tmp_path / output_dir), "test").total_groups == len(EVALUATION_IDS)
+
+
+def assert_arc_data_hint(line, folder):
+    """The one-line error for a missing --arc-data folder or file: which folder, and where to get the files."""
+    assert line.startswith("error: ARC data folder ") and str(folder) in line
+    for hint in ("github.com/fchollet/ARC-AGI", "github.com/arcprize/ARC-AGI-2",
+                 "github.com/victorvikram/ConceptARC", "--download", "--arc-data", "HRM_ARC_DATA"):
+        assert hint in line, hint
+
+
+def test_missing_arc_data_folder_is_one_line_naming_it(tmp_path):
+    # Default folder, relative to the working directory.
+    result = run_builder_cli("--preset", "arc-1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert_arc_data_hint(result.stderr.strip(), tmp_path / "data" / "arc-prize")
+    assert "not found" in result.stderr
+    # The folder named by the environment.
+    result = run_builder_cli("--preset", "arc-2", cwd=tmp_path, env_updates={"HRM_ARC_DATA": str(tmp_path / "env")})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert_arc_data_hint(result.stderr.strip(), tmp_path / "env")
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_arc_data_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HRM_ARC_DATA", str(tmp_path / "elsewhere"))
+    folder = write_arc_data(tmp_path / "arc", PUZZLES)  # training and evaluation, no concept
+    os.remove(os.path.join(folder, "arc-agi_evaluation_solutions.json"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_builder(lambda: arc.main(["--preset", "arc-1", "--arc-data", folder,
+                                      "--output-dir", str(tmp_path / "out")]))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert_arc_data_hint(lines[0], folder)
+    assert "has no arc-agi_evaluation_solutions.json, arc-agi_concept_challenges.json, " \
+           "arc-agi_concept_solutions.json (" in lines[0]
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset-dirs", "d", "--arc-data", "x"], "--dataset-dirs cannot be combined"),
+    (["--dataset-dirs", "d", "--download"], "--dataset-dirs cannot be combined"),
+    (["--input-file-prefix", "p", "--subsets", "s", "--download"], "--arc-data and --download do not apply"),
+    (["--input-file-prefix", "p"], "--input-file-prefix needs --subsets"),
+    (["--arc-data", "x"], "--arc-data is read by --preset or --subsets"),
+])
+def test_contradictory_source_flags(flags, message):
+    with pytest.raises(arc.DatasetBuildError, match=re.escape(message)):
+        arc.parse_args(flags)
+
+
+# --- --download -----------------------------------------------------------------------------------------
+
+# Puzzles of the fake repositories: hex ids for ARC-AGI and ARC-AGI-2, concept names for ConceptARC.
+DOWNLOAD_PUZZLES = random_subsets(7, {
+    "training": [(2, 1, [(3, 3)]), (3, 1, [])], "evaluation": [(2, 2, [(1, 1)]), (2, 1, [])],
+    "training2": [(2, 1, [(30, 30)]), (2, 1, [])], "evaluation2": [(3, 1, [])],
+})
+CONCEPT_PUZZLES = {name: random_puzzle(np.random.default_rng(index), 3, index % 2 + 1)
+                   for index, name in enumerate(["Copy1", "Copy10", "Copy2", "AboveBelow1"])}
+ALL_SUBSETS = ["training", "evaluation", "concept", "training2", "evaluation2"]
+
+
+def write_archive(path, top_folder, files):
+    """A GitHub-style zip archive: every file under `top_folder`/; JSON-encodes non-string contents."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{top_folder}/", "")
+        for name, content in files.items():
+            archive.writestr(f"{top_folder}/{name}", content if isinstance(content, str) else json.dumps(content))
+
+
+@pytest.fixture
+def fake_github(tmp_path, monkeypatch):
+    """Serve the three repositories' archives from file:// URLs at <root>/<owner>/<name>/<branch>.zip."""
+    root = tmp_path / "github"
+    arc_agi = {f"data/{folder}/{i}.json": p for folder in ("training", "evaluation")
+               for i, p in DOWNLOAD_PUZZLES[folder].items()}
+    arc_agi.update({"README.md": "# ARC", "data/training/notes.txt": "not a puzzle",
+                    "apps/js/testing_interface.js": "// an app"})
+    write_archive(root / "fchollet" / "ARC-AGI" / "master.zip", "ARC-AGI-master", arc_agi)
+    arc_agi_2 = {f"data/{folder}/{i}.json": p for folder, subset in (("training", "training2"),
+                                                                     ("evaluation", "evaluation2"))
+                 for i, p in DOWNLOAD_PUZZLES[subset].items()}
+    write_archive(root / "arcprize" / "ARC-AGI-2" / "main.zip", "ARC-AGI-2-main", arc_agi_2)
+    concept = {f"corpus/{re.sub(r'[0-9]+$', '', name)}/{name}.json": p for name, p in CONCEPT_PUZZLES.items()}
+    extra_puzzle = random_puzzle(np.random.default_rng(99), 2, 1)
+    concept.update({"corpus/Copy/.DS_Store": "\0\1", "corpus/AboveBelow/AboveBelowMinimal.json": extra_puzzle,
+                    "corpus/Copy/OriginalARCEvalSet/deeper.json": extra_puzzle,
+                    "MinimalTasks/CopyMinimal.json": extra_puzzle, "README.md": "# ConceptARC"})
+    write_archive(root / "victorvikram" / "ConceptARC" / "main.zip", "ConceptARC-main", concept)
+    monkeypatch.setattr(arc, "ARCHIVE_URL", root.as_uri() + "/{repository}/{branch}.zip")
+    return root
+
+
+def expected_arc_data_files():
+    """file name -> content of the ARC Prize-format files the fake repositories convert to."""
+    puzzles = {**DOWNLOAD_PUZZLES, "concept": dict(sorted(CONCEPT_PUZZLES.items()))}
+    files = {}
+    for subset in ALL_SUBSETS:
+        files[f"arc-agi_{subset}_challenges.json"] = {
+            i: {"train": p["train"], "test": [{"input": t["input"]} for t in p["test"]]}
+            for i, p in puzzles[subset].items()}
+        files[f"arc-agi_{subset}_solutions.json"] = {i: [t["output"] for t in p["test"]]
+                                                     for i, p in puzzles[subset].items()}
+    return files
+
+
+def test_download_converts_the_repositories(fake_github, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "arc-data"
+    arc.main(["--download", "--arc-data", str(folder)])  # downloads only: no preset, no subsets
+    expected = expected_arc_data_files()
+    assert sorted(os.listdir(folder)) == sorted(expected)  # no temporary files left
+    for name, content in expected.items():
+        with open(folder / name) as f:
+            written = json.load(f)
+        assert written == content, name
+        assert list(written) == sorted(written), name  # ids in sorted order
+    with open(folder / "arc-agi_concept_solutions.json") as f:
+        assert list(json.load(f)) == ["AboveBelow1", "Copy1", "Copy10", "Copy2"]  # no Minimal, nothing deeper
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["arc-data", "github"]  # nothing built
+
+
+def test_downloaded_folder_builds_with_presets(fake_github, tmp_path, monkeypatch):
+    folder = str(tmp_path / "arc-data")
+    arc.main(["--download", "--preset", "arc-1", "--arc-data", folder, "--num-aug", "2",
+              "--output-dir", str(tmp_path / "arc-1")])
+
+    def no_fetch(url):
+        raise AssertionError(f"fetched {url} although every file is present")
+
+    monkeypatch.setattr(arc, "fetch_archive", no_fetch)
+    arc.main(["--download", "--preset", "arc-2", "--arc-data", folder, "--num-aug", "2",
+              "--output-dir", str(tmp_path / "arc-2")])
+    for preset, subsets, test_subset in (("arc-1", ["training", "evaluation", "concept"], "evaluation"),
+                                         ("arc-2", ["training2", "evaluation2"], "evaluation2")):
+        source_puzzles = {**DOWNLOAD_PUZZLES, "concept": CONCEPT_PUZZLES}
+        puzzles = {i: p for subset in subsets for i, p in source_puzzles[subset].items()}
+        with open(tmp_path / preset / "test_puzzles.json") as f:
+            assert json.load(f) == puzzles
+        names = json.load(open(tmp_path / preset / "identifiers.json"))
+        assert len(names) == 1 + 3 * len(puzzles)
+        test = load_set(tmp_path / preset, "test")
+        test_groups = {names[test["puzzle_identifiers"][g]] for g in test["group_indices"][:-1]}
+        assert test_groups == set(DOWNLOAD_PUZZLES[test_subset])
+
+
+def test_download_keeps_existing_files(fake_github, tmp_path, capsys):
+    folder = tmp_path / "arc-data"
+    os.makedirs(folder)
+    kept = folder / "arc-agi_training_challenges.json"
+    kept.write_text('{"mine": "do not touch"}')
+    (folder / "notes.txt").write_text("mine too")
+    arc.main(["--download", "--arc-data", str(folder)])
+    assert kept.read_text() == '{"mine": "do not touch"}' and (folder / "notes.txt").read_text() == "mine too"
+    assert f"kept existing {kept}" in capsys.readouterr().out
+    expected = expected_arc_data_files()
+    for name in expected:
+        if name != kept.name:
+            assert json.load(open(folder / name)) == expected[name], name
+    assert sorted(os.listdir(folder)) == sorted(list(expected) + ["notes.txt"])
+
+
+def test_download_into_a_file_is_an_error(fake_github, tmp_path):
+    not_a_folder = tmp_path / "arc-data"
+    not_a_folder.write_text("mine")
+    with pytest.raises(arc.DatasetBuildError, match="arc-data: not a folder"):
+        arc.main(["--download", "--arc-data", str(not_a_folder)])
+    assert not_a_folder.read_text() == "mine"
+
+
+def run_download(folder, capsys):
+    """Run `--download` like the command line; returns (exit status, stderr lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_builder(lambda: arc.main(["--download", "--arc-data", str(folder)]))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return exit_info.value.code, err.splitlines()
+
+
+def test_offline_download_is_one_line(fake_github, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(arc, "ARCHIVE_URL", (tmp_path / "offline").as_uri() + "/{repository}/{branch}.zip")
+    status, lines = run_download(tmp_path / "arc-data", capsys)
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: could not download file://") and "ARC-AGI/master.zip" in lines[0]
+    assert os.listdir(tmp_path / "arc-data") == []
+
+
+@pytest.mark.parametrize("broken, message", [("missing", "could not download file://"),
+                                             ("not-a-zip", "not a zip archive")])
+def test_failed_second_download_keeps_the_first(fake_github, tmp_path, capsys, broken, message):
+    archive = fake_github / "arcprize" / "ARC-AGI-2" / "main.zip"
+    if broken == "missing":
+        os.remove(archive)
+    else:
+        archive.write_text("<html>rate limited</html>")
+    folder = tmp_path / "arc-data"
+    status, lines = run_download(folder, capsys)
+    assert status == 2
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    assert message in lines[-1] and "ARC-AGI-2/main.zip" in lines[-1]
+    # ARC-AGI came first and its files stay; nothing half-written is left.
+    assert sorted(os.listdir(folder)) == [f"arc-agi_{subset}_{kind}.json" for subset in ("evaluation", "training")
+                                          for kind in ("challenges", "solutions")]
+
+
+def test_download_rejects_bad_puzzle_files(fake_github, tmp_path):
+    folder = str(tmp_path / "arc-data")
+    puzzle_id = next(iter(DOWNLOAD_PUZZLES["evaluation"]))
+    broken = copy.deepcopy(DOWNLOAD_PUZZLES["evaluation"][puzzle_id])
+    del broken["test"][0]["output"]
+    arc_agi = fake_github / "fchollet" / "ARC-AGI" / "master.zip"
+    write_archive(arc_agi, "ARC-AGI-master", {f"data/evaluation/{puzzle_id}.json": broken})
+    with pytest.raises(arc.DatasetBuildError, match=f"data/evaluation/{puzzle_id}.json: a test pair has no"):
+        arc.main(["--download", "--arc-data", folder])
+    write_archive(arc_agi, "ARC-AGI-master",
+                  {f"data/evaluation/{puzzle_id}.json": DOWNLOAD_PUZZLES["evaluation"][puzzle_id]})
+    with pytest.raises(arc.DatasetBuildError, match="no puzzle files match data/training/"):
+        arc.main(["--download", "--arc-data", folder])
+    assert os.listdir(folder) == []
+    # Two concept folders holding the same puzzle name would give one id two puzzles.
+    puzzle = DOWNLOAD_PUZZLES["evaluation"][puzzle_id]
+    write_archive(fake_github / "fchollet" / "ARC-AGI" / "master.zip", "ARC-AGI-master",
+                  {f"data/{subset}/{i}.json": p for subset in ("training", "evaluation")
+                   for i, p in DOWNLOAD_PUZZLES[subset].items()})
+    write_archive(fake_github / "victorvikram" / "ConceptARC" / "main.zip", "ConceptARC-main",
+                  {"corpus/Copy/Copy1.json": puzzle, "corpus/Count/Copy1.json": puzzle})
+    with pytest.raises(arc.DatasetBuildError, match="corpus/Count/Copy1.json: puzzle id Copy1 appears twice"):
+        arc.main(["--download", "--arc-data", folder])
 
 
 # --- input errors ---------------------------------------------------------------------------------------
 
-def run_builder_cli(*flags):
-    return subprocess.run([sys.executable, BUILDER, *flags], capture_output=True, text=True, timeout=60)
+def run_builder_cli(*flags, **kwargs):
+    return run_builder_script("build_arc_dataset.py", *flags, **kwargs)
 
 
 def assert_clean_error(result, output_dir, *fragments):
@@ -453,12 +769,13 @@ def assert_clean_error(result, output_dir, *fragments):
     ([[1, 2], [3]], "different lengths"),
 ])
 def test_bad_grid_errors(tmp_path, bad_grid, message):
-    puzzle = shared_puzzles("training", ["007bbfb7"])["007bbfb7"]
+    puzzle_id = TRAINING_IDS[0]
+    puzzle = sample_puzzles("training", [puzzle_id])[puzzle_id]
     puzzle["test"][0]["output"] = bad_grid
-    write_puzzle_folder(tmp_path / "raw", {"training": {"007bbfb7": puzzle}})
+    write_puzzle_folder(tmp_path / "raw", {"training": {puzzle_id: puzzle}})
     output_dir = str(tmp_path / "out")
     result = run_builder_cli("--dataset-dirs", str(tmp_path / "raw"), "--output-dir", output_dir, "--num-aug", "1")
-    assert_clean_error(result, output_dir, "007bbfb7.json", "test example 0 output", message)
+    assert_clean_error(result, output_dir, f"{puzzle_id}.json", "test example 0 output", message)
 
 
 def test_missing_inputs_errors(tmp_path):
@@ -467,7 +784,7 @@ def test_missing_inputs_errors(tmp_path):
     assert_clean_error(result, output_dir, "nowhere", "not found")
 
     prefix = str(tmp_path / "arc")
-    write_challenge_pair(prefix, "training", shared_puzzles("training", TRAINING_IDS[:1]))
+    write_challenge_pair(prefix, "training", sample_puzzles("training", TRAINING_IDS[:1]))
     result = run_builder_cli("--input-file-prefix", prefix, "--subsets", "training", "evaluation",
                              "--output-dir", output_dir)
     assert_clean_error(result, output_dir, "arc_evaluation_challenges.json", "not found")
@@ -479,15 +796,16 @@ def test_missing_inputs_errors(tmp_path):
 
 
 def test_duplicate_names_error(tmp_path):
-    puzzle = shared_puzzles("training", ["007bbfb7"])["007bbfb7"]
-    write_puzzle_folder(tmp_path / "raw", {"training": {"007bbfb7": puzzle}, "evaluation": {"007bbfb7": puzzle}})
+    puzzle_id = TRAINING_IDS[0]
+    puzzle = sample_puzzles("training", [puzzle_id])[puzzle_id]
+    write_puzzle_folder(tmp_path / "raw", {"training": {puzzle_id: puzzle}, "evaluation": {puzzle_id: puzzle}})
     output_dir = str(tmp_path / "out")
     result = run_builder_cli("--dataset-dirs", str(tmp_path / "raw"), "--output-dir", output_dir)
-    assert_clean_error(result, output_dir, "'007bbfb7' is used by both")
+    assert_clean_error(result, output_dir, f"'{puzzle_id}' is used by both")
 
 
 def test_existing_output_needs_overwrite(tmp_path):
-    write_puzzle_folder(tmp_path / "raw", {"training": shared_puzzles("training", TRAINING_IDS[:1])})
+    write_puzzle_folder(tmp_path / "raw", {"training": sample_puzzles("training", TRAINING_IDS[:1])})
     output_dir = tmp_path / "out"
     os.makedirs(output_dir / "stale")
     flags = ["--dataset-dirs", str(tmp_path / "raw"), "--output-dir", str(output_dir), "--num-aug", "0"]
@@ -499,7 +817,7 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 def test_failure_mid_build_leaves_no_folder(tmp_path, monkeypatch):
     # Fail after both splits are written: the half-built dataset must vanish with its temporary folder.
-    write_puzzle_folder(tmp_path / "raw", {"evaluation": shared_puzzles("evaluation", EVALUATION_IDS)})
+    write_puzzle_folder(tmp_path / "raw", {"evaluation": sample_puzzles("evaluation", EVALUATION_IDS)})
 
     def fail(*args):
         raise arc.DatasetBuildError("disk full")
@@ -508,3 +826,32 @@ def test_failure_mid_build_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(arc.DatasetBuildError, match="disk full"):
         arc.main(["--dataset-dirs", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "out"), "--num-aug", "2"])
     assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+# --- the real ARC files ---------------------------------------------------------------------------------
+
+REAL_ARC_DATA = os.environ.get("HRM_ARC_DATA")
+REAL_SUBSET_SIZES = {"training": 400, "evaluation": 400, "concept": 160, "training2": 1000, "evaluation2": 120}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_ARC_DATA or not all(os.path.isfile(arc.arc_data_file(REAL_ARC_DATA, subset, "solutions"))
+                                                for subset in REAL_SUBSET_SIZES),
+                    reason="set HRM_ARC_DATA to a folder of the ARC Prize-format files (arc-agi_<subset>_"
+                           "{challenges,solutions}.json for training, evaluation, concept, training2, evaluation2)")
+def test_real_arc_files(tmp_path):
+    sources = dict(arc.load_challenge_files(os.path.join(REAL_ARC_DATA, "arc-agi"), list(REAL_SUBSET_SIZES)))
+    assert {subset: len(puzzles) for subset, puzzles in sources.items()} == REAL_SUBSET_SIZES
+    for subset in ("training", "evaluation", "training2", "evaluation2"):
+        names = [puzzle.name for puzzle in sources[subset]]
+        assert names == sorted(names), f"{subset}: ids not in the sorted order --download writes"
+    # ConceptARC: 16 concepts of 10 puzzles each, no warm-up ("Minimal") puzzles, as --download keeps.
+    concepts = {}
+    for puzzle in sources["concept"]:
+        concept, number = re.fullmatch(r"([A-Za-z0-9]+?)(\d+)", puzzle.name).groups()
+        concepts.setdefault(concept, []).append(int(number))
+    assert len(concepts) == 16 and all(sorted(numbers) == list(range(1, 11)) for numbers in concepts.values())
+    arc.main(["--preset", "arc-2", "--arc-data", REAL_ARC_DATA, "--num-aug", "0",
+              "--output-dir", str(tmp_path / "arc-2")])
+    assert load_metadata(str(tmp_path / "arc-2"), "test").total_groups == 120
+    assert len(json.load(open(tmp_path / "arc-2" / "test_puzzles.json"))) == 1120

@@ -2,16 +2,13 @@
 import collections
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from dataset import build_maze_dataset, maze_generator
 from dataset.common import inverse_dihedral_transform, run_builder, write_puzzle_csv
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dataset_scripts import run_builder_script
 
 # A 3x3 maze by hand: S down, right, down to G.
 TINY_QUESTION = "S# " + "  #" + "#G "
@@ -124,6 +121,12 @@ def load(folder, split):
         return arrays, json.load(f)
 
 
+def test_defaults_are_the_reference_release_ones():
+    args = build_maze_dataset.parse_args([])
+    assert (args.source_repo, args.output_dir, args.subsample_size, args.aug) == (
+        "sapientinc/maze-30x30-hard-1k", "data/maze-30x30-hard-1k", None, False)
+
+
 def test_token_mapping_and_metadata(tmp_path, capsys):
     source = write_source(tmp_path / "src", [(TINY_QUESTION, TINY_ANSWER, 4)], [(TINY_QUESTION, TINY_ANSWER, 4)])
     out = str(tmp_path / "out")
@@ -185,9 +188,8 @@ def test_subsample_draws_train_mazes_without_replacement(tmp_path, capsys):
 
 def test_generated_build_runs_as_script_and_rebuilds_from_its_csv(tmp_path):
     out, rebuilt = str(tmp_path / "gen"), str(tmp_path / "rebuilt")
-    command = [sys.executable, "dataset/build_maze_dataset.py", "--generate-train", "3", "--generate-test", "2",
-               "--grid-size", "11", "--min-path-length", "20", "--workers", "2", "--output-dir", out]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    result = run_builder_script("build_maze_dataset.py", "--generate-train", "3", "--generate-test", "2",
+                                "--grid-size", "11", "--min-path-length", "20", "--workers", "2", "--output-dir", out)
     assert result.returncode == 0, result.stderr
     assert "train: 3 examples, 3 puzzles, 3 groups" in result.stdout and out in result.stdout
     with open(os.path.join(out, "source_csv", "train.csv")) as f:

@@ -3,8 +3,6 @@ solver, determinism, and one-line errors that leave no output folder."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import huggingface_hub
 import numpy as np
@@ -12,8 +10,7 @@ import pytest
 
 from dataset import build_sudoku_dataset as builder
 from dataset import sudoku_generator as generator
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dataset_scripts import run_builder_script
 
 # Hand-checked rating 2. Every blank starts with two candidates; the first of them, (0,0) with {3, 9},
 # tries 3: row 0 then leaves (0,4) and (0,7) only 8, so (0,4) = 8 and (0,7) has no candidate. Both
@@ -178,6 +175,21 @@ def test_shuffle_keeps_puzzle_valid_and_matches_reference_order():
 
 # ---- end-to-end builds from CSV ----
 
+def test_defaults_are_the_reference_release_ones():
+    args = builder.parse_args([])
+    assert (args.source_repo, args.output_dir, args.subsample_size, args.min_difficulty, args.num_aug) == (
+        "sapientinc/sudoku-extreme", "data/sudoku-extreme-full", None, None, 0)
+
+
+def test_default_build_keeps_every_puzzle_unaugmented(tmp_path):
+    src = write_csvs(tmp_path / "src")
+    out = str(tmp_path / "out")
+    builder.main(["--source-csv", src, "--output-dir", out])
+    train, train_meta = load(out, "train")
+    assert np.array_equal(train["inputs"], [tokens(q) for _, q, _, _ in TRAIN_ROWS])
+    assert np.array_equal(train["group_indices"], [0, 1, 2, 3]) and train_meta["total_groups"] == 3
+
+
 def test_build_from_csv_arrays_metadata_and_groups(tmp_path, capsys):
     src = write_csvs(tmp_path / "src")
     out = str(tmp_path / "out")
@@ -261,9 +273,8 @@ def test_missing_source_folder_and_split_file(tmp_path, capsys):
 
 def test_script_reports_errors_in_one_line(tmp_path):
     out = str(tmp_path / "out")
-    result = subprocess.run([sys.executable, "dataset/build_sudoku_dataset.py", "--source-csv",
-                             str(tmp_path / "nowhere"), "--output-dir", out], cwd=REPO_ROOT, capture_output=True,
-                            text=True)
+    result = run_builder_script("build_sudoku_dataset.py", "--source-csv", str(tmp_path / "nowhere"),
+                                "--output-dir", out)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: --source-csv {tmp_path / 'nowhere'}: folder not found"]
     assert not os.path.exists(out)
@@ -309,6 +320,7 @@ def test_search_ratings_on_hand_checked_puzzles():
     assert generator.count_solutions(clash) == 0
 
 
+@pytest.mark.slow
 def test_generated_puzzles_are_unique_minimal_and_rated():
     rows = generator.generate_puzzles(3, seed=1, stream=0, min_difficulty=1, workers=1, max_tries=300)
     for row in rows:
