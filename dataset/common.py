@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -111,22 +113,80 @@ def write_puzzle_csv(path: str, rows: Sequence[dict]) -> None:
             writer.writerow([row[k] for k in PUZZLE_CSV_HEADER])
 
 
+def is_dataset_folder(path: str) -> bool:
+    """Whether `path` holds a puzzle dataset (a split with its dataset.json), as builders write them."""
+    return any(os.path.isfile(os.path.join(path, split, "dataset.json")) for split in ("train", "test"))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_build_folders(output_dir: str) -> None:
+    """Delete temporary folders beside `output_dir` left by builds that were killed (their process is gone)."""
+    prefix = f".{os.path.basename(output_dir)}.tmp-"
+    parent = os.path.dirname(output_dir)
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split("-")[0]
+        if name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _check_replaceable(output_dir: str, overwrite: bool) -> None:
+    if not os.path.lexists(output_dir):
+        return
+    if not overwrite:
+        raise DatasetBuildError(f"output folder {output_dir} already exists; pass --overwrite to replace it")
+    if not os.path.isdir(output_dir) or os.path.islink(output_dir):
+        raise DatasetBuildError(f"output path {output_dir} is not a folder; --overwrite replaces only a dataset folder")
+    if os.listdir(output_dir) and not is_dataset_folder(output_dir):
+        raise DatasetBuildError(f"output folder {output_dir} holds something other than a dataset; "
+                                f"--overwrite replaces only an empty or a dataset folder, so nothing was changed")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(output_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary folder beside `output_dir`; move it into place only if the block succeeds.
 
-    A failure (exception, Ctrl-C) removes the temporary folder, so no half-written dataset is left.
-    An existing `output_dir` is an error unless `overwrite` is set, in which case it is replaced.
+    A failure (exception, Ctrl-C) removes the temporary folder, so no half-written dataset is left; a
+    killed build's folder is removed by the next build of the same output. An existing `output_dir` is an
+    error unless `overwrite` is set, and even then only an empty folder or a dataset folder is replaced.
+    A folder that appears at `output_dir` during the build is never replaced: the new dataset is kept
+    beside it and the error names both. Write failures (read-only folder, full disk) are DatasetBuildErrors.
     """
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        raise DatasetBuildError(f"output folder {output_dir} already exists; pass --overwrite to replace it")
+    existed = os.path.lexists(output_dir)
+    _check_replaceable(output_dir, overwrite)
     parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
     try:
-        yield tmp_dir
-        if os.path.exists(output_dir):
+        os.makedirs(parent, exist_ok=True)
+        remove_stale_build_folders(output_dir)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-{os.getpid()}-", dir=parent)
+    except OSError as e:
+        raise DatasetBuildError(f"cannot create a folder in {parent}: {e.strerror}") from None
+    # mkdtemp makes the folder private (0700); a dataset gets the permissions `mkdir` would give it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_dir, 0o777 & ~umask)
+    try:
+        try:
+            yield tmp_dir
+        except OSError as e:
+            raise DatasetBuildError(f"cannot write the dataset beside {output_dir}: "
+                                    f"{e.strerror or e}") from None
+        if os.path.lexists(output_dir) and not existed:
+            kept = f"{output_dir}.new-{os.getpid()}"
+            os.rename(tmp_dir, kept)
+            raise DatasetBuildError(f"{output_dir} appeared while the dataset was being built and was left as it "
+                                    f"is; the new dataset is in {kept}")
+        if existed and os.path.lexists(output_dir):
+            _check_replaceable(output_dir, overwrite)  # it may have changed during the build
             old_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
             os.rename(output_dir, os.path.join(old_dir, "previous"))
             os.rename(tmp_dir, output_dir)
@@ -185,6 +245,25 @@ def save_identifiers(dataset_dir: str, names: Sequence[str]) -> None:
 def load_metadata(dataset_dir: str, split: str) -> PuzzleDatasetMetadata:
     with open(os.path.join(dataset_dir, split, "dataset.json")) as f:
         return PuzzleDatasetMetadata(**json.load(f))
+
+
+def dataset_fingerprint(dataset_dir: str, sample_bytes: int = 1 << 16) -> str:
+    """A short hash that changes when a dataset folder's contents do: every split's metadata and identifiers,
+    and each array's name, size, first and last `sample_bytes` (cheap even for multi-gigabyte arrays)."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(glob.escape(dataset_dir), "**", "*"), recursive=True)):
+        name = os.path.relpath(path, dataset_dir)
+        if name.endswith(".json"):
+            with open(path, "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+        elif name.endswith(".npy"):
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(sample_bytes)
+                f.seek(max(0, size - sample_bytes))
+                tail = f.read(sample_bytes)
+            digest.update(name.encode() + b"\0" + str(size).encode() + head + tail)
+    return digest.hexdigest()[:16]
 
 
 def run_builder(main: Callable[[], None]) -> None:

@@ -807,11 +807,18 @@ def test_duplicate_names_error(tmp_path):
 def test_existing_output_needs_overwrite(tmp_path):
     write_puzzle_folder(tmp_path / "raw", {"training": sample_puzzles("training", TRAINING_IDS[:1])})
     output_dir = tmp_path / "out"
-    os.makedirs(output_dir / "stale")
+    os.makedirs(output_dir / "notes")
     flags = ["--dataset-dirs", str(tmp_path / "raw"), "--output-dir", str(output_dir), "--num-aug", "0"]
     with pytest.raises(arc.DatasetBuildError, match="already exists"):
         arc.main(flags)
-    arc.main(flags + ["--overwrite"])
+    # A folder holding something other than a dataset is never replaced, even with --overwrite.
+    with pytest.raises(arc.DatasetBuildError, match="holds something other than a dataset"):
+        arc.main(flags + ["--overwrite"])
+    assert os.listdir(output_dir) == ["notes"]
+    os.rmdir(output_dir / "notes")
+    arc.main(flags + ["--overwrite"])  # an empty folder is replaced
+    assert sorted(os.listdir(output_dir)) == ["identifiers.json", "test_puzzles.json", "train"]
+    arc.main(flags + ["--overwrite", "--num-aug", "1"])  # and so is a dataset folder
     assert sorted(os.listdir(output_dir)) == ["identifiers.json", "test_puzzles.json", "train"]
 
 
