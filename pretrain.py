@@ -10,9 +10,11 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from models.config_validation import ConfigError
+from training.checkpointing import RunFolderError
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
 from training.loop import run_training
+from training.preemption import TrainingInterrupted
 
 
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)
@@ -29,7 +31,12 @@ def main(hydra_config: DictConfig) -> None:
         if ctx.is_main:
             print(f"[{ctx.world_size} process(es), device {ctx.device}] run folder: {config.checkpoint_path}", flush=True)
         run_training(config, ctx)
-    except (ConfigError, FileNotFoundError) as e:
+    except TrainingInterrupted as e:
+        if ctx.is_main:
+            print(e, file=sys.stderr)
+        teardown_distributed()
+        sys.exit(e.exit_code)
+    except (ConfigError, FileNotFoundError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         teardown_distributed()
         sys.exit(2)

@@ -14,3 +14,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The tiny dataset of `tiny_runs`, built once per session."""
+    from tiny_runs import write_tiny_dataset
+    return write_tiny_dataset(str(tmp_path_factory.mktemp("data") / "tiny"))

@@ -8,58 +8,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 import evaluate
-from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
 from models.checkpoint import COMPILED_PREFIX
-from training.config import load_config
 from training.distributed import DistributedContext
 from training.loop import run_training
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_OVERRIDES = [
-    "global_batch_size=16", "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=2", "log_interval=1",
-    "arch.hidden_size=32", "arch.num_heads=2", "arch.H_layers=1", "arch.L_layers=1", "arch.H_cycles=1",
-    "arch.L_cycles=2", "arch.halt_max_steps=3", "arch.forward_dtype=float32", "arch.puzzle_emb_ndim=16",
-]
-ENV = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    """A copy-the-input-with-a-twist task: 96 train and 32 test sequences of 12 tokens, 4 identifiers."""
-    path = str(tmp_path_factory.mktemp("data") / "tiny")
-    rng = np.random.default_rng(0)
-
-    def arrays(n):
-        inputs = rng.integers(1, 5, (n, 12)).astype(np.uint8)
-        return dict(inputs=inputs, labels=(5 - inputs).astype(np.uint8),
-                    puzzle_identifiers=rng.integers(1, 4, n).astype(np.int32),
-                    puzzle_indices=np.arange(n + 1, dtype=np.int32), group_indices=np.arange(n + 1, dtype=np.int32))
-
-    with atomic_output_dir(path) as out:
-        for split, n in (("train", 96), ("test", 32)):
-            metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6,
-                                             seq_len=12, num_puzzle_identifiers=4, total_groups=n,
-                                             mean_puzzle_examples=1, sets=["all"])
-            save_split(out, split, metadata, {"all": arrays(n)})
-        save_identifiers(out, ["<blank>", "a", "b", "c"])
-    return path
-
-
-def run_pretrain(args, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
-
-
-def read_metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_losses(rows):
-    return {row["step"]: row["train/lm_loss"] for row in rows if "train/lm_loss" in row}
+from conftest import REPO_ROOT
+from tiny_runs import ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretrain, torchrun, train_losses
 
 
 @pytest.mark.slow
@@ -113,9 +69,7 @@ def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path, routing
         common = ["arch=hrm_poh", f"arch.routing.controller={routing}", *common]
     single = run_pretrain([*common, f"checkpoint_path={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr[-3000:]
-    # --standalone: torchrun picks a free port itself.
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
-    double = run_pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], launcher=launcher)
+    double = run_pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], launcher=torchrun(2))
     assert double.returncode == 0, double.stderr[-3000:]
 
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -135,13 +89,7 @@ def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path, routing
 
 
 def config_for(tiny_dataset, run_dir, *extra):
-    base = OmegaConf.load(os.path.join(REPO_ROOT, "config", "cfg_pretrain.yaml"))
-    base.pop("defaults")
-    base.pop("hydra")
-    base.arch = OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", "hrm_v1.yaml"))
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"data_path={tiny_dataset}", f"checkpoint_path={run_dir}",
-                                                           *TINY_OVERRIDES, *extra]))
-    return load_config(OmegaConf.to_container(merged, resolve=True))
+    return make_config(tiny_dataset, f"checkpoint_path={run_dir}", *extra)
 
 
 class Crash(Exception):
@@ -168,9 +116,12 @@ def test_resume_after_a_crash_gives_the_same_losses(tiny_dataset, tmp_path, monk
         run_training(config_for(tiny_dataset, tmp_path / "crashed", "checkpoint_interval=5"), ctx)
     monkeypatch.setattr(trainer, "train_step", real_step)
 
+    # Continued in another folder: it starts with the crashed run's history up to the saved step.
     run_training(config_for(tiny_dataset, tmp_path / "resumed", f"resume={tmp_path / 'crashed'}"), ctx)
-    resumed = train_losses(read_metrics(tmp_path / "resumed"))
-    assert sorted(resumed) == list(range(6, 25))
+    rows = read_metrics(tmp_path / "resumed")
+    resumed = train_losses(rows)
+    assert sorted(resumed) == list(range(1, 25))
+    assert [row["step"] for row in rows if row.get("event") == "resume"] == [5]
     for step, loss in resumed.items():
         assert abs(loss - uninterrupted[step]) < 1e-6, step
 

@@ -6,9 +6,11 @@ from typing import Any, Dict, List, Optional
 
 import coolname
 import pydantic
+import yaml
 
 from models import validate_arch
 from models.config_validation import ConfigError, validate_config
+from training.checkpointing import CONFIG_FILE, run_folder_of
 from training.routing_schedule import RoutingScheduleConfig
 
 
@@ -42,7 +44,12 @@ class PretrainConfig(pydantic.BaseModel):
     compile: bool = pydantic.Field(True, description="torch.compile the model on CUDA (DISABLE_COMPILE=1 also turns it off)")
     log_interval: int = pydantic.Field(10, gt=0, description="steps between logged (host-synchronised) metrics")
     checkpoint_interval: Optional[int] = pydantic.Field(None, gt=0, description="steps between full training-state saves, besides each evaluation")
-    resume: Optional[str] = pydantic.Field(None, description="run folder or training-state file to continue from")
+    resume: Optional[str] = pydantic.Field(None, description="run folder or training-state file to continue from "
+                                                             "(in that folder, unless checkpoint_path names another)")
+    resume_allow_changes: List[str] = pydantic.Field(
+        [], description="config keys (or key prefixes such as `routing`) a resumed run may change on purpose")
+    overwrite_run: bool = pydantic.Field(False, description="start a new run in a folder that already holds one, "
+                                                            "deleting that run's files first")
     data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")
     auto_build_data: bool = pydantic.Field(False, description="run data_build_command when data_path is missing")
 
@@ -80,10 +87,20 @@ def load_config(values: Dict[str, Any]) -> PretrainConfig:
     config = validate_config(PretrainConfig, values, prefix="config")
     # Check the arch with placeholder dataset sizes now, so a typo fails before any data is read.
     validate_arch(config.arch)
+    if config.resume and (config.project_name is None or config.run_name is None):
+        # A resumed run keeps its names, as its folder's config records them.
+        saved_path = os.path.join(run_folder_of(config.resume), CONFIG_FILE)
+        if os.path.isfile(saved_path):
+            with open(saved_path) as f:
+                saved = yaml.safe_load(f) or {}
+            config.project_name = config.project_name or saved.get("project_name")
+            config.run_name = config.run_name or saved.get("run_name")
     if config.project_name is None:
         config.project_name = f"{os.path.basename(os.path.normpath(config.data_path)).capitalize()} ACT-torch"
     if config.run_name is None:
         config.run_name = f"{str(config.arch.get('name')).split('@')[-1]} {coolname.generate_slug(2)}"
     if config.checkpoint_path is None:
-        config.checkpoint_path = os.path.join("checkpoints", config.project_name, config.run_name)
+        # A resumed run continues in its own folder; a new one gets the reference's folder name.
+        config.checkpoint_path = (run_folder_of(config.resume) if config.resume else
+                                  os.path.join("checkpoints", config.project_name, config.run_name))
     return config

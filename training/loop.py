@@ -3,13 +3,16 @@ followed by an evaluation, the run folder's files and the full training state.""
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+import shlex
+import signal
+from typing import Any, Dict, Optional
 
 import torch
+import torch.distributed as dist
 
 from dataset.common import PuzzleDatasetMetadata
 from models.losses import LossHeadOutput
-from training import checkpointing
+from training import checkpointing, resume
 from training.build import create_loader, create_model, ensure_dataset, maybe_compile, read_metadata
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
@@ -17,6 +20,7 @@ from training.evaluation import evaluate
 from training.metrics import TrainMetrics
 from training.metrics_log import MetricsLogger, flatten_eval_metrics
 from training.optimization import build_optimizers, learning_rate
+from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
 from training.train_state import TrainState
 
@@ -74,14 +78,55 @@ def log_train_metrics(train_metrics: TrainMetrics, logger: Optional[MetricsLogge
         logger.log({**reduced, "train/lr": lr}, step=step)
 
 
+def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedContext, fingerprint: str
+                    ) -> Optional[Dict[str, Any]]:
+    """Make the run folder ready: continue a resumed run there (its state restored, its config checked,
+    metrics.jsonl carried on) or start a new one (never over an old run by accident).
+
+    Returns the resume row recorded in metrics.jsonl, or None for a new run.
+    """
+    if not config.resume:
+        if ctx.is_main:
+            resume.prepare_new_run_folder(config)
+        if ctx.world_size > 1:
+            dist.barrier()
+        return None
+    saved = checkpointing.load_saved_state(config.resume)
+    changes = resume.compare_configs(saved["run"]["config"], config, saved["run"].get("data_fingerprint"),
+                                     fingerprint)
+    source_dir = checkpointing.run_folder_of(config.resume)
+    if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path) and ctx.is_main:
+        resume.prepare_new_run_folder(config)  # continuing into another folder: it must not hold a run
+    checkpointing.restore_train_state(saved, state, ctx)
+    record = {"step": state.progress.step, "event": "resume", "from": checkpointing.resolve_resume_path(config.resume),
+              "processes": [saved["world_size"], ctx.world_size],
+              "changed": {key: list(values) for key, values in changes.items()}}
+    if ctx.is_main and state.progress.rounds_done < config.num_rounds:
+        checkpointing.make_run_folder(config.checkpoint_path)
+        resume.continue_metrics_file(source_dir, config.checkpoint_path, state.progress.step, record)
+    if ctx.world_size > 1:
+        dist.barrier()
+    return record
+
+
 def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
-    """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; returns the last eval."""
+    """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; returns the last eval.
+
+    SIGTERM or SIGINT stops after the current step (with several processes, within `log_interval` steps),
+    saves the full state and raises TrainingInterrupted.
+    """
     ensure_dataset(config, ctx)
     torch.manual_seed(config.seed + ctx.rank)
+    fingerprint = resume.config_fingerprint(config)
     state = create_train_state(config, read_metadata(config, "train"), ctx)
-    if config.resume:
-        checkpointing.restore_train_state(config.resume, state, ctx)
+    start_or_resume(config, state, ctx, fingerprint)
     progress = state.progress
+    if progress.rounds_done >= config.num_rounds:
+        if ctx.is_main:
+            print(f"the run in {config.checkpoint_path!r} already finished (step {progress.step}, "
+                  f"{config.epochs} epochs); to train longer, resume it with more epochs", flush=True)
+        return None
+    run_info = {"config": config.model_dump(), "data_fingerprint": fingerprint}
     train_loader, _ = create_loader(config, "train", ctx, test_set_mode=False, epochs_per_iter=config.epochs_per_round,
                                     start_round=progress.rounds_done)
     eval_loader, eval_metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
@@ -94,35 +139,55 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
         logger.log({"num_params": sum(p.numel() for p in state.base_model.parameters())}, step=progress.step)
 
     train_metrics = TrainMetrics()
-    eval_metrics = None
-    for _ in range(progress.rounds_done, config.num_rounds):
-        state.model.train()
-        for batch_index, (_, batch, global_batch_size) in enumerate(train_loader):
-            if batch_index < progress.batches_done_in_round:
-                continue  # fast-forward to where a mid-round resume stopped
-            result = train_step(state, batch, config, ctx, global_batch_size)
-            progress.batches_done_in_round += 1
-            if result is not None:
-                train_metrics.add(result.metrics, result.routing)
-            if progress.step % config.log_interval == 0:
-                log_train_metrics(train_metrics, logger, state, config, ctx)
-            if config.checkpoint_interval and progress.step % config.checkpoint_interval == 0:
-                checkpointing.save_train_state(config.checkpoint_path, state, ctx)
-        progress.rounds_done += 1
-        progress.batches_done_in_round = 0
-        if progress.rounds_done == config.num_rounds:
-            log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
 
-        step = progress.step
-        eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
-                                outputs_path=os.path.join(config.checkpoint_path, f"step_{step}_all_preds"),
-                                routing_log_path=os.path.join(config.checkpoint_path, f"routing_{step}.jsonl"))
-        if logger is not None and eval_metrics is not None:
-            logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
-            logger.progress.write(f"evaluation at step {step}: {eval_metrics}")
-        if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
-            checkpointing.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
-        checkpointing.save_train_state(config.checkpoint_path, state, ctx)
+    def save_state() -> str:
+        return checkpointing.save_train_state(config.checkpoint_path, state, ctx, run_info)
+
+    def interrupt(stop: StopRequest) -> TrainingInterrupted:
+        log_train_metrics(train_metrics, logger, state, config, ctx)  # the steps since the last log
+        path = save_state()
+        if logger is not None:
+            logger.close()
+        name = signal.Signals(stop.signum).name
+        return TrainingInterrupted(stop.signum, f"stopped by {name} at step {progress.step}; the training state is "
+                                                f"in {path!r}; continue with: python pretrain.py "
+                                                f"resume={shlex.quote(config.checkpoint_path)}")
+
+    eval_metrics = None
+    with StopRequest() as stop:
+        for _ in range(progress.rounds_done, config.num_rounds):
+            state.model.train()
+            for batch_index, (_, batch, global_batch_size) in enumerate(train_loader):
+                if batch_index < progress.batches_done_in_round:
+                    continue  # fast-forward to where a mid-round resume stopped
+                result = train_step(state, batch, config, ctx, global_batch_size)
+                progress.batches_done_in_round += 1
+                if result is not None:
+                    train_metrics.add(result.metrics, result.routing)
+                at_log_step = progress.step % config.log_interval == 0
+                if at_log_step:
+                    log_train_metrics(train_metrics, logger, state, config, ctx)
+                if config.checkpoint_interval and progress.step % config.checkpoint_interval == 0:
+                    save_state()
+                if stop.should_stop(ctx, synchronise=at_log_step):
+                    raise interrupt(stop)
+            progress.rounds_done += 1
+            progress.batches_done_in_round = 0
+            if progress.rounds_done == config.num_rounds:
+                log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
+
+            step = progress.step
+            eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
+                                    outputs_path=os.path.join(config.checkpoint_path, f"step_{step}_all_preds"),
+                                    routing_log_path=os.path.join(config.checkpoint_path, f"routing_{step}.jsonl"))
+            if logger is not None and eval_metrics is not None:
+                logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
+                logger.progress.write(f"evaluation at step {step}: {eval_metrics}")
+            if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
+                checkpointing.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
+            save_state()
+            if stop.should_stop(ctx, synchronise=True):
+                raise interrupt(stop)
 
     if logger is not None:
         logger.close()

@@ -13,6 +13,30 @@ from models.checkpoint import load_model_weights
 from training.routing_schedule import RoutingSchedule
 
 
+def join_and_split_carries(carries: List[Any], world_size: int, rank: int) -> Any:
+    """Rank `rank`'s share, among `world_size` processes, of the ACT carries `carries` saved by each rank of
+    another process count. Every carry tensor has the batch first, and each rank holds a contiguous slice
+    of the global batch, so joining in rank order gives the global carry and equal chunks re-split it."""
+    def share(tensors: List[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(tensors).chunk(world_size)[rank].clone()
+    return _zip_tensors(carries, share)
+
+
+def _zip_tensors(objs: List[Any], fn: Callable[[List[torch.Tensor]], torch.Tensor]) -> Any:
+    """Combine parallel structures (same layout, e.g. one ACT carry per rank) leaf by leaf with `fn`."""
+    first = objs[0]
+    if isinstance(first, torch.Tensor):
+        return fn(objs)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(first, **{f.name: _zip_tensors([getattr(o, f.name) for o in objs], fn)
+                                             for f in dataclasses.fields(first)})
+    if isinstance(first, dict):
+        return {k: _zip_tensors([o[k] for o in objs], fn) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_zip_tensors(list(items), fn) for items in zip(*objs))
+    return first
+
+
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """Apply `fn` to every tensor inside nested dataclasses, dicts, lists and tuples (e.g. an ACT carry)."""
     if isinstance(obj, torch.Tensor):
@@ -62,7 +86,12 @@ class TrainState:
             raise ValueError(f"the saved state has {len(state['optimizers'])} optimizers, this model needs "
                              f"{len(self.optimizers)}")
         for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+            # The moments come from the saved state; the settings (base_lr, weight decay, betas) from this
+            # run's config, so a deliberate change on resume is used, not silently replaced by the saved one.
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
             optimizer.load_state_dict(optimizer_state)
+            for group, group_settings in zip(optimizer.param_groups, settings):
+                group.update(group_settings)
         self.progress.load_state_dict(state["progress"])
 
     def rank_state_dict(self, device: torch.device) -> Dict[str, Any]:

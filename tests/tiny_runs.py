@@ -1,0 +1,71 @@
+"""Tiny CPU training runs for tests: a small dataset, the overrides of a small model, and run helpers."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from conftest import REPO_ROOT
+from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
+from training.config import load_config
+
+TINY_OVERRIDES = [
+    "global_batch_size=16", "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=2", "log_interval=1",
+    "arch.hidden_size=32", "arch.num_heads=2", "arch.H_layers=1", "arch.L_layers=1", "arch.H_cycles=1",
+    "arch.L_cycles=2", "arch.halt_max_steps=3", "arch.forward_dtype=float32", "arch.puzzle_emb_ndim=16",
+]
+ENV = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+
+
+def write_tiny_dataset(path):
+    """A copy-the-input-with-a-twist task: 96 train and 32 test sequences of 12 tokens, 4 identifiers."""
+    rng = np.random.default_rng(0)
+
+    def arrays(n):
+        inputs = rng.integers(1, 5, (n, 12)).astype(np.uint8)
+        return dict(inputs=inputs, labels=(5 - inputs).astype(np.uint8),
+                    puzzle_identifiers=rng.integers(1, 4, n).astype(np.int32),
+                    puzzle_indices=np.arange(n + 1, dtype=np.int32), group_indices=np.arange(n + 1, dtype=np.int32))
+
+    with atomic_output_dir(path) as out:
+        for split, n in (("train", 96), ("test", 32)):
+            metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6,
+                                             seq_len=12, num_puzzle_identifiers=4, total_groups=n,
+                                             mean_puzzle_examples=1, sets=["all"])
+            save_split(out, split, metadata, {"all": arrays(n)})
+        save_identifiers(out, ["<blank>", "a", "b", "c"])
+    return path
+
+
+def run_pretrain(args, launcher=(sys.executable,), **kwargs):
+    return subprocess.run([*launcher, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def torchrun(processes):
+    """The launcher of a `processes`-process gloo run; --standalone picks a free port."""
+    return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes))
+
+
+def make_config(data_path, *overrides, arch="hrm_v1"):
+    """The validated training config pretrain.py would build from these overrides (tiny model)."""
+    base = OmegaConf.load(os.path.join(REPO_ROOT, "config", "cfg_pretrain.yaml"))
+    base.pop("defaults")
+    base.pop("hydra")
+    base.arch = OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", f"{arch}.yaml"))
+    base.arch.pop("defaults", None)
+    if arch != "hrm_v1":
+        base.arch = OmegaConf.merge(OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", "hrm_v1.yaml")), base.arch)
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"data_path={data_path}", *TINY_OVERRIDES, *overrides]))
+    return load_config(OmegaConf.to_container(merged, resolve=True))
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(rows):
+    return {row["step"]: row["train/lm_loss"] for row in rows if "train/lm_loss" in row}

@@ -1,0 +1,112 @@
+"""Where a run lives and how it continues: refusing to write a new run over an old one, checking a resumed
+run's config against the saved one, and carrying `metrics.jsonl` on without duplicated steps."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from dataset.common import dataset_fingerprint
+from models.config_validation import ConfigError
+from training import checkpointing
+from training.config import PretrainConfig
+from training.metrics_log import METRICS_FILE
+
+# Config keys that never change what a run computes: where it is written, how often it logs and saves,
+# and how it is compiled. `epochs` may grow to extend a run (README: "Resume"); `data_path` may move, as
+# long as the dataset's contents (its fingerprint) stay the same.
+# `eval_interval` may change only as far as the epochs per round (which order the data) stay the same.
+KEYS_FREE_TO_CHANGE = {"project_name", "run_name", "checkpoint_path", "resume", "resume_allow_changes",
+                       "overwrite_run", "compile", "log_interval", "checkpoint_interval", "checkpoint_every_eval",
+                       "eval_save_outputs", "data_build_command", "auto_build_data", "epochs", "eval_interval",
+                       "data_path"}
+# What a new run deletes from a folder it may overwrite (`overwrite_run=true`): the files runs write.
+RUN_FILE_PATTERNS = ("step_*", checkpointing.TRAIN_STATE_FILE, checkpointing.CONFIG_FILE, METRICS_FILE,
+                     "routing_*.jsonl")
+
+
+def existing_run_files(run_dir: str) -> List[str]:
+    """The files that make `run_dir` hold a run: its training state and `step_N` weights."""
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(glob.glob(os.path.join(glob.escape(run_dir), "step_*")) +
+                  glob.glob(os.path.join(glob.escape(run_dir), checkpointing.TRAIN_STATE_FILE)))
+
+
+def prepare_new_run_folder(config: PretrainConfig) -> None:
+    """Refuse a folder that already holds a run, unless `overwrite_run=true`, which clears its run files."""
+    found = existing_run_files(config.checkpoint_path)
+    if not found:
+        return
+    if not config.overwrite_run:
+        raise ConfigError(f"checkpoint_path {config.checkpoint_path!r} already holds a run "
+                          f"({os.path.basename(found[0])}); continue it with resume={config.checkpoint_path!r}, "
+                          f"or start afresh there with overwrite_run=true (deletes its run files)")
+    for pattern in RUN_FILE_PATTERNS:
+        for path in glob.glob(os.path.join(glob.escape(config.checkpoint_path), pattern)):
+            os.remove(path)
+
+
+def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _allowed(key: str, allowed: List[str]) -> bool:
+    return any(key == entry or key.startswith(f"{entry}.") for entry in allowed)
+
+
+def compare_configs(saved: Dict[str, Any], config: PretrainConfig, saved_fingerprint: Optional[str],
+                    fingerprint: str) -> Dict[str, Tuple[Any, Any]]:
+    """The deliberate changes (key -> (saved, new)) of a resumed run's config; any other change of a key that
+    alters the run's arithmetic is a ConfigError naming each key with both values."""
+    old, new = _flatten(saved), _flatten(config.model_dump())
+    differences = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+                   if old.get(key) != new.get(key) and key not in KEYS_FREE_TO_CHANGE}
+    saved_epochs_per_round = saved.get("eval_interval") or saved.get("epochs")
+    if saved_epochs_per_round != config.epochs_per_round:
+        # Each round's data order is drawn for its epochs; other rounds would reorder the whole run.
+        differences["eval_interval"] = (saved.get("eval_interval"), config.eval_interval)
+        if saved.get("eval_interval") is None:
+            raise ConfigError(f"resume: the saved run is one round of {saved_epochs_per_round} epochs "
+                              f"(eval_interval unset); to extend it, add eval_interval={saved_epochs_per_round}")
+    if saved_fingerprint is not None and saved_fingerprint != fingerprint:
+        # The dataset's contents changed (rebuilt with other settings, or another dataset).
+        differences["data_path"] = (f"{saved.get('data_path')} (contents {saved_fingerprint})",
+                                    f"{config.data_path} (contents {fingerprint})")
+    refused = {key: values for key, values in differences.items()
+               if not _allowed(key, config.resume_allow_changes)}
+    if refused:
+        listed = "; ".join(f"{key}: saved {saved_value!r}, now {new_value!r}"
+                           for key, (saved_value, new_value) in refused.items())
+        keys = ",".join(refused)
+        raise ConfigError(f"resume: the config differs from the saved run's ({listed}); to change "
+                          f"{'it' if len(refused) == 1 else 'them'} on purpose add resume_allow_changes=[{keys}]")
+    return differences
+
+
+def config_fingerprint(config: PretrainConfig) -> str:
+    return dataset_fingerprint(config.data_path)
+
+
+def continue_metrics_file(source_dir: str, run_dir: str, step: int, record: Dict[str, Any]) -> None:
+    """Make `run_dir`'s metrics.jsonl the source run's rows up to `step` (later rows came from steps that
+    are being run again), followed by `record`, the resume row."""
+    rows = []
+    source = os.path.join(source_dir, METRICS_FILE)
+    if os.path.isfile(source):
+        with open(source) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash
+                if isinstance(row, dict) and row.get("step", 0) <= step:
+                    rows.append(row)
+    checkpointing.write_jsonl(os.path.join(run_dir, METRICS_FILE), rows + [record])
