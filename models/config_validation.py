@@ -20,8 +20,13 @@ def describe_validation_error(error: pydantic.ValidationError, prefix: str) -> s
             problems.append(f"{field}: unknown key")
         elif item["type"] == "missing":
             problems.append(f"{field}: missing")
+        elif not item["loc"] or isinstance(item.get("input"), (dict, list)):
+            # A rule over several fields (or a whole block): its message names them; the input would be
+            # the whole config.
+            problems.append(f"{field}: {item['msg'].removeprefix('Value error, ')}")
         else:
-            problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+            got = repr(item.get("input"))
+            problems.append(f"{field}: {item['msg']} (got {got if len(got) <= 60 else got[:57] + '...'})")
     return "; ".join(problems)
 
 

@@ -46,3 +46,19 @@ def test_routing_block_is_validated_with_field_names():
         load_config(values)
     config = load_config(minimal_config(controller="hrm"))
     assert config.routing == RoutingScheduleConfig()
+
+
+def test_a_rule_over_several_keys_is_short_and_names_them():
+    values = minimal_config()
+    values.update(epochs=10, eval_interval=3)
+    with pytest.raises(ConfigError) as error:
+        load_config(values)
+    assert str(error.value) == "invalid config: config: eval_interval (3) must divide epochs (10)"
+
+
+def test_a_long_bad_value_is_shortened():
+    values = minimal_config()
+    values["lr"] = "x" * 500
+    with pytest.raises(ConfigError) as error:
+        load_config(values)
+    assert len(str(error.value)) <= 200 and "config.lr:" in str(error.value)  # not the 500-character value
