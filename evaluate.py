@@ -2,29 +2,56 @@
 
 Reads `all_config.yaml` beside the checkpoint (ours or a reference run's), runs every test example for
 `halt_max_steps` steps and prints per-set metrics as JSON on stdout. Also runs under torchrun.
-The reference form `python evaluate.py checkpoint=PATH` works too.
+The reference form `python evaluate.py checkpoint=PATH` works too, and a run's `train_state.pt` is
+accepted as the checkpoint.
+
+For ARC datasets (those with `test_puzzles.json`) the predictions voting needs are saved by default as
+`step_N_all_preds.<rank>` beside the checkpoint (`--no-save-predictions` turns that off, and
+`--save-predictions` turns it on for any task); `--arc-vote` then scores them with puzzle_tools/arc_vote.py.
 """
 import argparse
 import json
 import os
 import sys
+from typing import List, NoReturn, Optional
 
-from models.checkpoint import load_model_weights
+import torch.distributed as dist
+
+from dataset.common import load_metadata
+from models.checkpoint import TRAIN_STATE_FILE, load_model_weights, read_state_dict
 from models.config_validation import ConfigError
 from training import checkpointing
+from training.build import create_loader, create_model, maybe_compile
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.build import create_loader, create_model, maybe_compile
-from training.evaluation import SAVABLE_OUTPUTS, evaluate
+from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate
+
+DEFAULT_VOTE_KS = (1, 2, 10, 100, 1000)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Command-line mistakes as one `error:` line (exit code 2), like every other error of this command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a step_N file of a run folder (ours or the reference's)")
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a step_N file of a run folder (ours or the reference's), or its "
+                                             "train_state.pt")
     parser.add_argument("--data-path", help="evaluate on this dataset folder instead of the run's data_path")
     parser.add_argument("--save-outputs", default="",
                         help="comma-separated outputs to save beside the checkpoint as step_N_all_preds.<rank>: any of "
-                             + ", ".join(SAVABLE_OUTPUTS))
+                             + ", ".join(SAVABLE_OUTPUTS) + " (preds: the argmax tokens)")
+    parser.add_argument("--save-predictions", action=argparse.BooleanOptionalAction, default=None,
+                        help="also save what scoring and voting need (" + ", ".join(PREDICTION_OUTPUTS) +
+                             "); default: on for ARC datasets, off otherwise")
+    parser.add_argument("--arc-vote", action="store_true",
+                        help="after evaluating, vote over the augmented versions and print pass@K and the ARC Prize "
+                             "score under the key arc_vote (needs an ARC dataset)")
+    parser.add_argument("--vote-k", type=int, nargs="+", default=list(DEFAULT_VOTE_KS), metavar="K",
+                        help=f"the K of pass@K with --arc-vote (default {' '.join(map(str, DEFAULT_VOTE_KS))})")
     parser.add_argument("--global-batch-size", type=int, help="override the run's global batch size (memory)")
     parser.add_argument("--no-compile", action="store_true", help="do not torch.compile on CUDA")
     # The reference's Hydra-style `checkpoint=PATH` is accepted as a positional argument.
@@ -37,11 +64,58 @@ def parse_args(argv):
         args.checkpoint = value
     if not args.checkpoint:
         parser.error("--checkpoint PATH is required")
+    if args.global_batch_size is not None and args.global_batch_size <= 0:
+        parser.error(f"--global-batch-size must be positive, got {args.global_batch_size}")
+    if any(k <= 0 for k in args.vote_k):
+        parser.error("--vote-k values must be positive")
     args.save_outputs = [name for name in args.save_outputs.split(",") if name]
     unknown = [name for name in args.save_outputs if name not in SAVABLE_OUTPUTS]
     if unknown:
         parser.error(f"--save-outputs: unknown output(s) {', '.join(unknown)}; choose from {', '.join(SAVABLE_OUTPUTS)}")
     return args
+
+
+def find_data_path(data_path: str, run_dir: str) -> str:
+    """The run's dataset folder: `data_path` as recorded (relative to where training ran), else the same
+    relative path from each folder above the run folder (runs live in `checkpoints/<project>/<run>`)."""
+    if os.path.isabs(data_path) or os.path.isdir(data_path):
+        return data_path
+    tried = [os.path.abspath(data_path)]
+    folder = os.path.abspath(run_dir)
+    while os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+        candidate = os.path.join(folder, data_path)
+        if os.path.isdir(candidate):
+            return candidate
+        tried.append(candidate)
+    raise ConfigError(f"the run's data_path {data_path!r} was not found (tried {', '.join(tried[:4])}"
+                      f"{' and more' if len(tried) > 4 else ''}); pass --data-path DIR")
+
+
+def check_same_task(run_data_path: Optional[str], data_path: str) -> None:
+    """Refuse a dataset whose sequences or vocabulary differ from those the run trained on."""
+    if run_data_path is None or not os.path.isfile(os.path.join(run_data_path, "test", "dataset.json")):
+        return  # the run's own dataset is gone: the weights' shapes are the remaining check
+    trained, given = load_metadata(run_data_path, "test"), load_metadata(data_path, "test")
+    for field in ("seq_len", "vocab_size"):
+        if getattr(trained, field) != getattr(given, field):
+            raise ConfigError(f"--data-path {data_path}: {field} is {getattr(given, field)}, but the model was "
+                              f"trained on {getattr(trained, field)} ({run_data_path}): another task")
+
+
+def predictions_prefix(checkpoint: str) -> str:
+    """`<run>/step_N_all_preds` for a weights file `step_N` or for the run's train_state.pt (its step)."""
+    if os.path.basename(checkpoint) == TRAIN_STATE_FILE:
+        step = checkpointing.load_saved_state(checkpoint)["progress"]["step"]
+        return os.path.join(os.path.dirname(checkpoint), f"step_{step}_all_preds")
+    return f"{checkpoint}_all_preds"
+
+
+def outputs_to_save(args, data_path: str) -> List[str]:
+    is_arc = os.path.isfile(os.path.join(data_path, "test_puzzles.json"))
+    save_predictions = args.save_predictions if args.save_predictions is not None else is_arc or args.arc_vote
+    extra = [name for name in PREDICTION_OUTPUTS if save_predictions and name not in args.save_outputs]
+    return [*args.save_outputs, *extra]
 
 
 def main(argv=None) -> int:
@@ -50,22 +124,40 @@ def main(argv=None) -> int:
     try:
         if not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
-        values = checkpointing.read_config(os.path.dirname(os.path.abspath(args.checkpoint)))
-        if args.data_path:
-            values["data_path"] = args.data_path
+        run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+        values = checkpointing.read_config(run_dir)
+        run_data_path = None
+        try:
+            run_data_path = find_data_path(str(values.get("data_path")), run_dir)
+        except ConfigError:
+            if not args.data_path:
+                raise
+        values["data_path"] = args.data_path or run_data_path
+        # A resumed or interrupted run's config names its state; evaluation needs neither.
+        values.update(resume=None, checkpoint_path=run_dir)
         if args.global_batch_size:
             values["global_batch_size"] = args.global_batch_size
         if args.no_compile:
             values["compile"] = False
         config = load_config(values)
+        state_dict = read_state_dict(args.checkpoint)
         loader, metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
+        if args.data_path:
+            check_same_task(run_data_path, args.data_path)
         model = create_model(config, metadata, ctx)
-        load_model_weights(model, args.checkpoint)
-        metrics = evaluate(maybe_compile(model, config, ctx), loader, metadata, ctx, args.save_outputs,
-                           outputs_path=f"{args.checkpoint}_all_preds")
+        load_model_weights(model, state_dict)
+        save_outputs = outputs_to_save(args, config.data_path)
+        prefix = predictions_prefix(args.checkpoint)
+        metrics = evaluate(maybe_compile(model, config, ctx), loader, metadata, ctx, save_outputs,
+                           outputs_path=prefix)
+        if args.arc_vote and ctx.world_size > 1:
+            dist.barrier()  # every rank's predictions are written
         if ctx.is_main:
+            if args.arc_vote:
+                from puzzle_tools.arc_vote import vote
+                metrics = dict(metrics, arc_vote=vote(config.data_path, prefix, args.vote_k))
             print(json.dumps(metrics, indent=2))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, checkpointing.RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -52,6 +52,74 @@ def load_split_metadata(dataset_path: str, split: str) -> PuzzleDatasetMetadata:
         raise DatasetFormatError(f"{metadata_path}: malformed metadata, {message}") from None
 
 
+# Token arrays up to this size are checked whole; larger ones (ARC with 1000 augmentations: gigabytes) at
+# evenly spaced rows, so opening a dataset stays a bounded amount of work.
+FULL_CHECK_BYTES = 64 << 20
+SAMPLED_ROWS = 4096
+
+
+def _open_array(path: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError) as e:  # truncated data or a damaged header
+        raise DatasetFormatError(f"{path}: cannot read the array ({str(e).splitlines()[0]})") from None
+
+
+def _checked_rows(array: np.ndarray) -> np.ndarray:
+    if array.nbytes <= FULL_CHECK_BYTES:
+        return np.asarray(array)
+    return np.asarray(array[np.linspace(0, len(array) - 1, SAMPLED_ROWS).astype(np.int64)])
+
+
+def _check_index_array(path: str, indices: np.ndarray, end: int, what: str) -> None:
+    if indices.ndim != 1 or len(indices) < 1:
+        raise DatasetFormatError(f"{path}: must be a 1-D array starting at 0, got shape {indices.shape}")
+    if indices[0] != 0 or indices[-1] != end:
+        raise DatasetFormatError(f"{path}: must run from 0 to {end} ({what}), got {indices[0]} to {indices[-1]}")
+    if np.any(np.diff(indices) <= 0):
+        position = int(np.argmax(np.diff(indices) <= 0))
+        raise DatasetFormatError(f"{path}: must increase strictly, but entry {position + 1} is {indices[position + 1]} "
+                                 f"after {indices[position]}")
+
+
+def check_set_arrays(paths: Dict[str, str], metadata: PuzzleDatasetMetadata) -> None:
+    """Check one set's arrays against `dataset.json` when a dataset is opened: readable files, shapes,
+    index arrays that increase and end where they should, tokens below `vocab_size` and identifiers
+    below `num_puzzle_identifiers`. Each failure is one DatasetFormatError naming the file and the rule."""
+    arrays = {field: _open_array(path) for field, path in paths.items()}
+    inputs, labels = arrays["inputs"], arrays["labels"]
+    for field in ("inputs", "labels"):
+        if arrays[field].ndim != 2 or arrays[field].shape[1] != metadata.seq_len:
+            raise DatasetFormatError(f"{paths[field]}: shape {arrays[field].shape} does not match "
+                                     f"[examples, seq_len={metadata.seq_len}] of dataset.json")
+    if len(labels) != len(inputs):
+        raise DatasetFormatError(f"{paths['labels']}: {len(labels)} rows but inputs has {len(inputs)}")
+    puzzle_indices, group_indices = np.asarray(arrays["puzzle_indices"]), np.asarray(arrays["group_indices"])
+    identifiers = np.asarray(arrays["puzzle_identifiers"])
+    num_puzzles = len(identifiers)
+    if identifiers.ndim != 1:
+        raise DatasetFormatError(f"{paths['puzzle_identifiers']}: must be 1-D, got shape {identifiers.shape}")
+    _check_index_array(paths["puzzle_indices"], puzzle_indices, len(inputs), "the examples")
+    if len(puzzle_indices) != num_puzzles + 1:
+        raise DatasetFormatError(f"{paths['puzzle_indices']}: {len(puzzle_indices) - 1} puzzles, but "
+                                 f"puzzle_identifiers has {num_puzzles}")
+    _check_index_array(paths["group_indices"], group_indices, num_puzzles, "the puzzles")
+    if num_puzzles and (identifiers.min() < 0 or identifiers.max() >= metadata.num_puzzle_identifiers):
+        raise DatasetFormatError(f"{paths['puzzle_identifiers']}: identifiers must lie in 0..{metadata.num_puzzle_identifiers - 1}"
+                                 f" (num_puzzle_identifiers), found {identifiers.min()}..{identifiers.max()}")
+    for field in ("inputs", "labels"):
+        rows = _checked_rows(arrays[field])
+        if rows.size == 0:
+            continue
+        allowed_low = min(0, metadata.ignore_label_id or 0) if field == "labels" else 0
+        low, high = rows.min(), rows.max()
+        if low < allowed_low or high >= metadata.vocab_size:
+            raise DatasetFormatError(f"{paths[field]}: tokens must lie in 0..{metadata.vocab_size - 1} (vocab_size), "
+                                     f"found {low}..{high}")
+
+
 def draw_global_batch(order_rng: np.random.Generator, subset_rng: np.random.Generator, group_order: np.ndarray,
                       position: int, puzzle_indices: np.ndarray, group_indices: np.ndarray,
                       global_batch_size: int) -> Tuple[int, np.ndarray, np.ndarray]:
@@ -109,9 +177,7 @@ class PuzzleDataset(IterableDataset):
             for set_name in self.metadata.sets}
         # Checked here, not at the lazy load, so the error appears in the caller's process, not a worker's.
         for paths in self.array_paths.values():
-            for path in paths.values():
-                if not os.path.isfile(path):
-                    raise DatasetFormatError(f"{path}: file not found")
+            check_set_arrays(paths, self.metadata)
         self.arrays: Optional[Dict[str, Dict[str, np.ndarray]]] = None  # loaded on first iteration
         # Training passes so far (one per set), seeding each pass's order; it persists across passes of this
         # object (e.g. in a persistent DataLoader worker) so every round draws a new order.

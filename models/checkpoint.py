@@ -1,6 +1,7 @@
 """Loading model weights from our checkpoints or the reference release's, compiled or not."""
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Mapping, Set, Union
 
 import torch
@@ -14,15 +15,27 @@ def strip_compiled_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, t
     return {k[len(COMPILED_PREFIX):] if k.startswith(COMPILED_PREFIX) else k: v for k, v in state_dict.items()}
 
 
+# The full training state (training/checkpointing.py) holds the weights under "model".
+TRAIN_STATE_FILE = "train_state.pt"
+
+
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Read a `step_N` file (a plain `state_dict`) on CPU, without the compile prefix."""
+    """Read the weights of a `step_N` file (a plain `state_dict`) or of a run's `train_state.pt` on CPU,
+    without the compile prefix. A missing, truncated or foreign file is a one-line error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    # Weights files load with weights_only; the training state holds more than tensors (our own format).
+    full_state = os.path.basename(path) == TRAIN_STATE_FILE
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {path} not found") from None
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"checkpoint {path} does not hold a state dict (got {type(state_dict).__name__})")
-    return strip_compiled_prefix(state_dict)
+        loaded = torch.load(path, map_location="cpu", weights_only=not full_state)
+    except Exception as e:  # truncated or not a torch file: zip, pickle and EOF errors vary with the damage
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {detail[:120]})") from None
+    if full_state and isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
+        loaded = loaded["model"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+    return strip_compiled_prefix(loaded)
 
 
 def routing_keys(model: nn.Module) -> Set[str]:
@@ -41,10 +54,23 @@ def load_model_weights(model: nn.Module, source: Union[str, Mapping[str, torch.T
     """
     state_dict = read_state_dict(source) if isinstance(source, str) else strip_compiled_prefix(source)
     target = getattr(model, "_orig_mod", model)
-    missing, unexpected = target.load_state_dict(state_dict, strict=False)
+    expected = target.state_dict()
+    for key, value in state_dict.items():
+        if key in expected and value.shape != expected[key].shape:
+            raise ValueError(f"checkpoint does not match the model: {key} has shape {tuple(value.shape)} in the "
+                             f"checkpoint and {tuple(expected[key].shape)} in the model")
     routing = routing_keys(target)
-    not_routing = [k for k in missing if k not in routing]
-    if not_routing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {not_routing or 'none'}, "
-                         f"unexpected {list(unexpected) or 'none'}")
-    return missing
+    missing = [k for k in expected if k not in state_dict and k not in routing]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: {_first_keys('missing', missing)}"
+                         f"{', ' if missing and unexpected else ''}{_first_keys('unexpected', unexpected)}")
+    missing_routing, _ = target.load_state_dict(state_dict, strict=False)
+    return missing_routing
+
+
+def _first_keys(kind: str, keys: List[str], shown: int = 3) -> str:
+    if not keys:
+        return ""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{kind} {', '.join(keys[:shown])}{more}"

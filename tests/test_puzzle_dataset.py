@@ -57,7 +57,7 @@ def write_dataset(root, ignore_label_id=IGNORE_LABEL):
         num_puzzles = sum(len(group) for groups in set_groups.values() for group in groups)
         num_examples = sum(sum(group) for groups in set_groups.values() for group in groups)
         metadata = PuzzleDatasetMetadata(
-            pad_id=PAD_ID, ignore_label_id=ignore_label_id, blank_identifier_id=BLANK_IDENTIFIER, vocab_size=40,
+            pad_id=PAD_ID, ignore_label_id=ignore_label_id, blank_identifier_id=BLANK_IDENTIFIER, vocab_size=64,
             seq_len=SEQ_LEN, num_puzzle_identifiers=0, total_groups=num_groups,
             mean_puzzle_examples=num_examples / num_puzzles, sets=list(set_groups))
         save_split(root, split, metadata, sets)

@@ -14,12 +14,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from models import checkpoint as model_checkpoint
 from models.config_validation import ConfigError
 from training.distributed import DistributedContext
 from training.train_state import TrainState, join_and_split_carries
 
 CONFIG_FILE = "all_config.yaml"
-TRAIN_STATE_FILE = "train_state.pt"
+TRAIN_STATE_FILE = model_checkpoint.TRAIN_STATE_FILE
 
 
 class RunFolderError(Exception):

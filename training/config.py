@@ -11,6 +11,7 @@ import yaml
 from models import validate_arch
 from models.config_validation import ConfigError, validate_config
 from training.checkpointing import CONFIG_FILE, run_folder_of
+from training.evaluation import SAVABLE_OUTPUTS
 from training.routing_schedule import RoutingScheduleConfig
 
 
@@ -52,6 +53,14 @@ class PretrainConfig(pydantic.BaseModel):
                                                             "deleting that run's files first")
     data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")
     auto_build_data: bool = pydantic.Field(False, description="run data_build_command when data_path is missing")
+
+    @pydantic.field_validator("eval_save_outputs")
+    @classmethod
+    def _known_outputs(cls, names: List[str]) -> List[str]:
+        unknown = [name for name in names if name not in SAVABLE_OUTPUTS]
+        if unknown:
+            raise ValueError(f"unknown output(s) {', '.join(unknown)}; choose from {', '.join(SAVABLE_OUTPUTS)}")
+        return names
 
     @pydantic.model_validator(mode="after")
     def _eval_interval_divides_epochs(self) -> "PretrainConfig":

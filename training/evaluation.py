@@ -12,8 +12,13 @@ from training import checkpointing
 from training.distributed import DistributedContext
 from training.metrics import EvalMetrics
 
-# Outputs `--save-outputs` / `eval_save_outputs` may name: the batch's tensors and the model's outputs.
-SAVABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "logits", "q_halt_logits", "q_continue_logits")
+# Outputs `--save-outputs` / `eval_save_outputs` may name: the batch's tensors, the model's outputs, and
+# `preds`, the argmax tokens (uint8), far smaller than the logits.
+BATCH_OUTPUTS = ("inputs", "labels", "puzzle_identifiers")
+MODEL_OUTPUTS = ("logits", "q_halt_logits", "q_continue_logits")
+SAVABLE_OUTPUTS = (*BATCH_OUTPUTS, *MODEL_OUTPUTS, "preds")
+# What scoring and voting need (puzzle_tools/arc_vote.py): saved by default for ARC datasets.
+PREDICTION_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits")
 ROUTING_LOG_SAMPLES = 10
 
 
@@ -37,7 +42,8 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
     """Run every test example of `loader` through `model` (the loss-head-wrapped model, compiled or not).
 
     Returns per-set metrics divided by the counted sequences on rank 0 (None on other ranks). Each rank
-    saves the `save_outputs` it saw to `<outputs_path>.<rank>`. With routing on, rank 0 writes
+    saves the `save_outputs` of the examples it saw to `<outputs_path>.<rank>` (the padding rows of a last,
+    short batch left out). With routing on, rank 0 writes
     `routing_log_path` (JSON lines): the first batch's routing of up to 10 samples at every ACT step.
     """
     metrics = EvalMetrics(metadata.sets, ctx.device)
@@ -45,14 +51,15 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
     routers = model.routers()
     topk = next(iter(routers.values())).topk if routers else None
     routing_lines: Optional[List[dict]] = [] if routers and routing_log_path is not None and ctx.is_main else None
+    return_keys = [k for k in MODEL_OUTPUTS if k in save_outputs or (k == "logits" and "preds" in save_outputs)]
     model.eval()
     with torch.inference_mode():
-        for set_name, batch, _ in loader:
+        for set_name, batch, examples_in_batch in loader:
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             carry = model.initial_carry(batch)
             act_step = 0
             while True:
-                result = model(carry=carry, batch=batch, return_keys=save_outputs)
+                result = model(carry=carry, batch=batch, return_keys=return_keys)
                 carry = result.carry
                 act_step += 1
                 if routing_lines is not None:
@@ -62,10 +69,16 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
             if routing_lines is not None:
                 checkpointing.write_jsonl(routing_log_path, routing_lines)
                 routing_lines = None  # the first batch only
-            for collection in (batch, result.outputs):
-                for k, v in collection.items():
-                    if k in save_outputs:
-                        saved.setdefault(k, []).append(v.cpu())
+            if save_outputs:
+                # This rank's rows of the global batch that are examples, not padding.
+                local_size = len(batch["inputs"])
+                real_rows = max(0, min(local_size, examples_in_batch - ctx.rank * local_size))
+                values = {**batch, **result.outputs}
+                if "preds" in save_outputs:
+                    logits = result.outputs["logits"]
+                    values["preds"] = logits.argmax(dim=-1).to(torch.uint8 if logits.shape[-1] <= 256 else torch.int32)
+                for k in save_outputs:
+                    saved.setdefault(k, []).append(values[k][:real_rows].cpu())
             metrics.add(set_name, result.metrics)
 
     if saved and outputs_path is not None:
