@@ -1,0 +1,168 @@
+"""Decode puzzle token sequences into grids, one way for every tool: which task a dataset holds, the token
+layouts of Sudoku, maze and ARC, the ARC canvas crop, and undoing an ARC version's augmentation."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from dataset.build_arc_dataset import COLOUR_OFFSET, GRID_SIZE as ARC_CANVAS_SIDE, VOCAB_SIZE as ARC_VOCAB_SIZE
+from dataset.build_maze_dataset import CHARSET as MAZE_CHARSET
+from dataset.common import PuzzleDatasetMetadata, inverse_dihedral_transform
+
+SUDOKU, MAZE, ARC, GENERIC = "sudoku", "maze", "arc", "generic"
+SUDOKU_SIDE = 9
+SUDOKU_VOCAB_SIZE = 11  # pad + blank + 9 digits
+MAZE_VOCAB_SIZE = len(MAZE_CHARSET) + 1  # pad + one token per character
+NUM_ARC_COLOURS = 10
+
+# A decoded cell without a value: padding, or a label cell the loss ignores.
+EMPTY = -1
+
+# Colours 0..9 as the ARC testing interface draws them.
+ARC_PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
+               "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
+
+# Augmented ARC versions are named `<puzzle>_t<dihedral id>_<colour map>`, the colour map listing the new
+# colour of each original colour 0..9; the original version has the bare puzzle name.
+ARC_VERSION_NAME = re.compile(r"(?P<puzzle>.+)_t(?P<transform>[0-7])_(?P<colours>[0-9]{10})")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a dataset's sequences are and the grid shape they decode to (for ARC, the canvas)."""
+    kind: str  # SUDOKU, MAZE, ARC or GENERIC
+    rows: int
+    cols: int
+
+
+def detect_task(metadata: PuzzleDatasetMetadata) -> Task:
+    """The task of a dataset split from its vocabulary and sequence length (the builders' layouts)."""
+    side = math.isqrt(metadata.seq_len)
+    square = side * side == metadata.seq_len
+    if metadata.vocab_size == SUDOKU_VOCAB_SIZE and metadata.seq_len == SUDOKU_SIDE * SUDOKU_SIDE:
+        return Task(SUDOKU, SUDOKU_SIDE, SUDOKU_SIDE)
+    if metadata.vocab_size == MAZE_VOCAB_SIZE and square:
+        return Task(MAZE, side, side)
+    if metadata.vocab_size == ARC_VOCAB_SIZE and metadata.seq_len == ARC_CANVAS_SIDE * ARC_CANVAS_SIDE:
+        return Task(ARC, ARC_CANVAS_SIDE, ARC_CANVAS_SIDE)
+    # Any other layout is shown as its raw tokens, square when the length allows.
+    return Task(GENERIC, side, side) if square else Task(GENERIC, 1, metadata.seq_len)
+
+
+def arc_grid_origin(input_tokens: np.ndarray) -> Tuple[int, int]:
+    """Top-left canvas cell of the grid an ARC input holds (training examples are shifted on the canvas;
+    an example's label sits at its input's offset). (0, 0) when the input holds no colour."""
+    canvas = np.asarray(input_tokens).reshape(ARC_CANVAS_SIDE, ARC_CANVAS_SIDE)
+    rows, cols = np.nonzero(canvas >= COLOUR_OFFSET)
+    return (int(rows.min()), int(cols.min())) if len(rows) else (0, 0)
+
+
+def crop_arc_canvas(tokens: np.ndarray, origin: Tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The colour grid (values 0..9) on an ARC canvas, as the reference ARC evaluation crops it.
+
+    From `origin`, the grid is the largest rectangle whose rows each start with only colour tokens: going
+    down row by row, the width shrinks to the row's run of leading colours, and the rectangle of largest
+    area (the first one, on ties) wins. Pad, end markers and ignored labels all end a run. A canvas without
+    a colour at `origin` gives a 0x0 grid.
+    """
+    canvas = np.asarray(tokens).reshape(ARC_CANVAS_SIDE, ARC_CANVAS_SIDE)[origin[0]:, origin[1]:].astype(np.int32)
+    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + NUM_ARC_COLOURS)
+    # Leading colour run per row: the first non-colour's column, or the full width.
+    leading_colours = np.where(is_colour.all(axis=1), canvas.shape[1], np.argmin(is_colour, axis=1))
+    widths = np.minimum.accumulate(leading_colours)
+    areas = np.arange(1, canvas.shape[0] + 1) * widths
+    num_rows = int(np.argmax(areas)) + 1
+    if areas[num_rows - 1] == 0:
+        return np.zeros((0, 0), dtype=np.int32)
+    return canvas[:num_rows, :widths[num_rows - 1]] - COLOUR_OFFSET
+
+
+@dataclass(frozen=True)
+class ArcVersion:
+    """One augmented version of an ARC puzzle, parsed from its identifier name."""
+    puzzle: str  # the original puzzle's name
+    transform_id: int  # dihedral transform applied to every grid
+    colour_map: Tuple[int, ...]  # colour_map[original colour] = colour in this version
+
+
+def parse_arc_version(name: str) -> ArcVersion:
+    match = ARC_VERSION_NAME.fullmatch(name)
+    if match is None:
+        return ArcVersion(name, 0, tuple(range(NUM_ARC_COLOURS)))
+    return ArcVersion(match["puzzle"], int(match["transform"]), tuple(int(c) for c in match["colours"]))
+
+
+def to_original_frame(grid: np.ndarray, version: ArcVersion) -> np.ndarray:
+    """Undo a version's augmentation on one of its grids: colours back, then the dihedral transform."""
+    original_colour = np.argsort(version.colour_map)
+    return np.ascontiguousarray(inverse_dihedral_transform(original_colour[grid], version.transform_id))
+
+
+def decode_tokens(task: Task, tokens: np.ndarray, origin: Tuple[int, int] = (0, 0)) -> np.ndarray:
+    """One sequence's tokens as a grid of cell values (integers, EMPTY where there is none).
+
+    Sudoku: 0 blank, 1..9 digits. Maze: index into `# SGo`. ARC: the colours of the grid cropped at
+    `origin`. Generic: the tokens. Labels should carry IGNORE_LABEL_ID (negative) on unlabelled cells.
+    """
+    tokens = np.asarray(tokens).astype(np.int32)
+    if task.kind == ARC:
+        return crop_arc_canvas(tokens, origin)
+    grid = tokens.reshape(task.rows, task.cols)
+    if task.kind == GENERIC:
+        return np.where(grid < 0, EMPTY, grid)
+    # Sudoku and maze: token 0 is padding, so token t holds value t - 1.
+    return np.where(grid <= 0, EMPTY, grid - 1)
+
+
+def wrong_cells(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Bool mask over the prediction grid: cells outside the label's shape, or differing from a labelled
+    cell. (An ARC prediction may be cropped to another shape than its label.)"""
+    wrong = np.ones(prediction.shape, dtype=bool)
+    rows, cols = min(prediction.shape[0], label.shape[0]), min(prediction.shape[1], label.shape[1])
+    overlap_label = label[:rows, :cols]
+    wrong[:rows, :cols] = (overlap_label != EMPTY) & (prediction[:rows, :cols] != overlap_label)
+    return wrong
+
+
+def is_exact(prediction: np.ndarray, label: np.ndarray) -> bool:
+    return prediction.shape == label.shape and not wrong_cells(prediction, label).any()
+
+
+@dataclass
+class DecodedExample:
+    """An example's grids, with its prediction's wrong cells when it has a prediction."""
+    input: np.ndarray
+    label: np.ndarray
+    prediction: Optional[np.ndarray] = None
+    wrong: Optional[np.ndarray] = None  # bool mask over the prediction
+
+    @property
+    def exact(self) -> bool:
+        return is_exact(self.prediction, self.label)
+
+
+def decode_example(task: Task, input_tokens: np.ndarray, label_tokens: np.ndarray,
+                   prediction_tokens: Optional[np.ndarray] = None) -> DecodedExample:
+    """Decode an example in its stored frame; labels carry IGNORE_LABEL_ID on unlabelled cells."""
+    # ARC training examples sit anywhere on the canvas; label and prediction share the input's place.
+    origin = arc_grid_origin(input_tokens) if task.kind == ARC else (0, 0)
+    example = DecodedExample(decode_tokens(task, input_tokens, origin), decode_tokens(task, label_tokens, origin))
+    if prediction_tokens is not None:
+        example.prediction = decode_tokens(task, prediction_tokens, origin)
+        example.wrong = wrong_cells(example.prediction, example.label)
+    return example
+
+
+def cell_symbol(task: Task, value: int) -> str:
+    """Text of one decoded cell: Sudoku `.` for a blank, maze characters, ARC and generic numbers."""
+    if value == EMPTY:
+        return "_"
+    if task.kind == SUDOKU:
+        return "." if value == 0 else str(value)
+    if task.kind == MAZE:
+        return MAZE_CHARSET[value] if value < len(MAZE_CHARSET) else "?"
+    return str(value)
