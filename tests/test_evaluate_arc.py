@@ -1,0 +1,38 @@
+"""evaluate.py on an ARC dataset: predictions saved by default (argmax tokens, no padding rows) and
+`--arc-vote` scoring them after the evaluation."""
+import json
+import os
+
+import numpy as np
+import torch
+
+import evaluate
+from training.distributed import DistributedContext
+from training.loop import run_training
+
+from tiny_runs import make_config
+from tool_datasets import build_arc
+
+CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def test_arc_evaluation_saves_predictions_and_votes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    data = build_arc(tmp_path)
+    run_dir = tmp_path / "run"
+    run_training(make_config(data, f"checkpoint_path={run_dir}", "epochs=1", "eval_interval=1",
+                             "arch.halt_max_steps=1"), CPU)
+    step = sorted(name for name in os.listdir(run_dir) if name.startswith("step_") and "_" not in name[5:])[-1]
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(run_dir / step), "--arc-vote", "--vote-k", "1", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"all", "arc_vote"}
+    vote = printed["arc_vote"]
+    assert set(vote) >= {"pass@1", "pass@2"} and 0 <= vote["pass@1"] <= vote["pass@2"] <= 1
+
+    saved = torch.load(run_dir / f"{step}_all_preds.0", weights_only=True)
+    test_examples = len(np.load(os.path.join(data, "test", "all__inputs.npy")))
+    assert test_examples % 16 != 0  # so the last batch of 16 is padded
+    assert set(saved) == {"inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits"}
+    assert saved["preds"].dtype == torch.uint8 and saved["preds"].shape == (test_examples, 900)
+    assert len(saved["inputs"]) == test_examples  # the padded rows of the last batch are left out
