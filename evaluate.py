@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, NoReturn, Optional
+from typing import List, Optional
 
 import torch.distributed as dist
 
@@ -24,16 +24,10 @@ from training import checkpointing
 from training.build import create_loader, create_model, maybe_compile
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
+from puzzle_tools.tool_io import OneLineArgumentParser
 from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate
 
 DEFAULT_VOTE_KS = (1, 2, 10, 100, 1000)
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """Command-line mistakes as one `error:` line (exit code 2), like every other error of this command."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def parse_args(argv):

@@ -120,6 +120,22 @@ def check_set_arrays(paths: Dict[str, str], metadata: PuzzleDatasetMetadata) -> 
                                      f"found {low}..{high}")
 
 
+def batches_per_round(dataset_path: str, split: str, global_batch_size: int, epochs_per_iter: int) -> Optional[int]:
+    """Full global batches one training pass over `split` yields, when it is fixed: when every puzzle of a
+    set has the same number of examples s (Sudoku, mazes), each batch takes ceil(batch / s) groups.
+    None when puzzle sizes vary (ARC), where the count depends on the random draws."""
+    metadata = load_split_metadata(dataset_path, split)
+    batches = 0
+    for set_name in metadata.sets:
+        puzzle_sizes = np.diff(np.load(os.path.join(dataset_path, split, f"{set_name}__puzzle_indices.npy")))
+        num_groups = len(np.load(os.path.join(dataset_path, split, f"{set_name}__group_indices.npy"))) - 1
+        if len(puzzle_sizes) == 0 or np.any(puzzle_sizes != puzzle_sizes[0]):
+            return None
+        groups_per_batch = -(-global_batch_size // int(puzzle_sizes[0]))
+        batches += num_groups * epochs_per_iter // groups_per_batch
+    return batches
+
+
 def draw_global_batch(order_rng: np.random.Generator, subset_rng: np.random.Generator, group_order: np.ndarray,
                       position: int, puzzle_indices: np.ndarray, group_indices: np.ndarray,
                       global_batch_size: int) -> Tuple[int, np.ndarray, np.ndarray]:

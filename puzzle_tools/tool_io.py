@@ -2,10 +2,11 @@
 output file appears whole or not at all."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
-from typing import Callable
+from typing import Callable, NoReturn
 
 INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
 
@@ -13,6 +14,13 @@ INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
 class ToolInputError(ValueError):
     """A missing or malformed input (folder, file, key, value); the message names it. A ValueError, so a
     caller that reports bad values in one line (evaluate.py) reports these too."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Command-line mistakes as one `error:` line and exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(INPUT_ERROR_EXIT_CODE, f"error: {message}\n")
 
 
 def exit_code_of(run: Callable[[], None]) -> int:

@@ -20,12 +20,22 @@ from tiny_runs import ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretra
 
 @pytest.mark.slow
 def test_tiny_run_trains_evaluates_and_writes_a_run_folder(tiny_dataset, tmp_path):
-    run_dir = str(tmp_path / "run")
+    run_dir = str(tmp_path / "a run")  # run folder names have spaces
     result = run_pretrain([f"data_path={tiny_dataset}", f"checkpoint_path={run_dir}", "checkpoint_every_eval=true",
-                           *TINY_OVERRIDES])
+                           *TINY_OVERRIDES, "plots=true"])
     assert result.returncode == 0, result.stderr[-3000:]
     # 4 epochs x 96 examples / 16 = 24 steps, evaluated after steps 12 and 24.
-    assert sorted(os.listdir(run_dir)) == ["all_config.yaml", "metrics.jsonl", "step_12", "step_24", "train_state.pt"]
+    assert sorted(os.listdir(run_dir)) == ["all_config.yaml", "metrics.jsonl", "plot_accuracy.png", "plot_losses.png",
+                                           "plot_lr.png", "step_12", "step_24", "train_state.pt"]
+    # The terminal: an evaluation table, then where the weights, metrics and plots are, quoted.
+    out = result.stdout.splitlines()
+    table = out.index("evaluation at step 24")
+    assert out[table + 1].split() == ["set", "accuracy", "exact", "ACT", "steps", "Q-halt", "acc.", "LM", "loss"]
+    assert out[table + 2].split()[0] == "all" and len(out[table + 2].split()) == 6
+    assert out[-4:-1] == [f"run finished at step 24: '{run_dir}'", f"  weights: '{run_dir}/step_24'",
+                          f"  metrics: '{run_dir}/metrics.jsonl'"]
+    assert out[-1].startswith(f"  plots:   '{run_dir}/plot_losses.png'")
+    assert "24/24" in result.stderr.splitlines()[-1] or "24/24" in result.stderr
     rows = read_metrics(run_dir)
     losses = train_losses(rows)
     assert sorted(losses) == list(range(1, 25))

@@ -354,3 +354,20 @@ def test_malformed_metadata(tmp_path, contents, detail):
     with pytest.raises(DatasetFormatError, match=detail) as error:
         open_split(dataset_dir)
     assert metadata_path in str(error.value) and "\n" not in str(error.value)
+
+
+def test_batches_per_round_counts_what_a_pass_yields(tmp_path):
+    # Sudoku-like: 36 puzzles of one example in 12 groups; batches of 4 take 4 groups each.
+    root = write_dataset(tmp_path / "puzzles")
+    from dataset.puzzle_dataset import batches_per_round
+    assert batches_per_round(root, "test", 4, 1) is None  # ARC-like sizes vary: unknown in advance
+    sudoku_only = tmp_path / "sudoku"
+    metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=64, seq_len=SEQ_LEN,
+                                     num_puzzle_identifiers=40, total_groups=12, mean_puzzle_examples=1,
+                                     sets=["sudoku"])
+    save_split(str(sudoku_only), "train", metadata, {"sudoku": make_set(TRAIN_GROUPS["sudoku"], 1, np.uint8)})
+    for batch, epochs in ((4, 1), (5, 3), (16, 2)):
+        dataset = PuzzleDataset(PuzzleDatasetConfig(seed=0, dataset_path=str(sudoku_only), global_batch_size=batch,
+                                                    test_set_mode=False, epochs_per_iter=epochs, rank=0,
+                                                    num_replicas=1))
+        assert batches_per_round(str(sudoku_only), "train", batch, epochs) == len(list(dataset)) == 12 * epochs // batch

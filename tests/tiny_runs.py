@@ -15,6 +15,7 @@ TINY_OVERRIDES = [
     "global_batch_size=16", "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=2", "log_interval=1",
     "arch.hidden_size=32", "arch.num_heads=2", "arch.H_layers=1", "arch.L_layers=1", "arch.H_cycles=1",
     "arch.L_cycles=2", "arch.halt_max_steps=3", "arch.forward_dtype=float32", "arch.puzzle_emb_ndim=16",
+    "plots=false",
 ]
 ENV = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
 

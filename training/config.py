@@ -51,6 +51,8 @@ class PretrainConfig(pydantic.BaseModel):
         [], description="config keys (or key prefixes such as `routing`) a resumed run may change on purpose")
     overwrite_run: bool = pydantic.Field(False, description="start a new run in a folder that already holds one, "
                                                             "deleting that run's files first")
+    plots: bool = pydantic.Field(True, description="draw the run's curves into its folder when it finishes "
+                                                   "(puzzle_tools/plot_run.py; needs matplotlib)")
     data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")
     auto_build_data: bool = pydantic.Field(False, description="run data_build_command when data_path is missing")
 

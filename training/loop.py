@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from dataset.common import PuzzleDatasetMetadata
+from dataset.puzzle_dataset import batches_per_round
 from models.losses import LossHeadOutput
 from training import checkpointing, resume
 from training.build import create_loader, create_model, ensure_dataset, maybe_compile, read_metadata
@@ -18,16 +19,25 @@ from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.evaluation import evaluate
 from training.metrics import TrainMetrics
-from training.metrics_log import MetricsLogger, flatten_eval_metrics
+from training.metrics_log import METRICS_FILE, MetricsLogger, flatten_eval_metrics, format_evaluation
 from training.optimization import build_optimizers, learning_rate
 from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
 from training.train_state import TrainState
+from puzzle_tools.plot_run import plot_runs
+from puzzle_tools.tool_io import ToolInputError
 
 
 def total_train_steps(config: PretrainConfig, metadata: PuzzleDatasetMetadata) -> int:
     """The reference's step count (a round's final short batch is dropped, so the last 1-2 are never taken)."""
     return int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
+
+
+def steps_that_will_run(config: PretrainConfig, total_steps: int) -> int:
+    """What the progress bar counts to: `total_steps`, or fewer where each round's last short batch is
+    dropped and the rounds' batch count is known in advance."""
+    per_round = batches_per_round(config.data_path, "train", config.global_batch_size, config.epochs_per_round)
+    return total_steps if per_round is None else min(total_steps, config.num_rounds * per_round)
 
 
 def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> TrainState:
@@ -135,7 +145,8 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
     if ctx.is_main:
         checkpointing.write_config(config.checkpoint_path, config.model_dump())
         logger = MetricsLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(),
-                               total_steps=state.total_steps, initial_step=progress.step)
+                               total_steps=steps_that_will_run(config, state.total_steps),
+                               initial_step=progress.step)
         logger.log({"num_params": sum(p.numel() for p in state.base_model.parameters())}, step=progress.step)
 
     train_metrics = TrainMetrics()
@@ -182,7 +193,7 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
                                     routing_log_path=os.path.join(config.checkpoint_path, f"routing_{step}.jsonl"))
             if logger is not None and eval_metrics is not None:
                 logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
-                logger.progress.write(f"evaluation at step {step}: {eval_metrics}")
+                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics))
             if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
                 checkpointing.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
             save_state()
@@ -191,4 +202,21 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
 
     if logger is not None:
         logger.close()
+        print(run_summary(config.checkpoint_path, min(progress.step, state.total_steps), config.plots), flush=True)
     return eval_metrics
+
+
+def run_summary(run_dir: str, step: int, draw_plots: bool) -> str:
+    """The closing lines of a run: where its weights, metrics and plots are (paths quoted: names have spaces)."""
+    lines = [f"run finished at step {step}: {shlex.quote(run_dir)}",
+             f"  weights: {shlex.quote(os.path.join(run_dir, f'step_{step}'))}",
+             f"  metrics: {shlex.quote(os.path.join(run_dir, METRICS_FILE))}"]
+    if not draw_plots:
+        lines.append(f"  plots:   python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
+        return "\n".join(lines)
+    try:
+        plots = plot_runs([run_dir], run_dir)
+        lines.append(f"  plots:   {' '.join(shlex.quote(path) for path in plots)}")
+    except ToolInputError as e:  # matplotlib missing
+        lines.append(f"  plots:   not drawn ({e}); later: python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
+    return "\n".join(lines)

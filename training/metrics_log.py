@@ -70,6 +70,20 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
+# The figures an evaluation summary shows, in this order (README: "Seeing results" explains each).
+SUMMARY_COLUMNS = (("accuracy", "accuracy"), ("exact_accuracy", "exact"), ("steps", "ACT steps"),
+                   ("q_halt_accuracy", "Q-halt acc."), ("lm_loss", "LM loss"))
+
+
+def format_evaluation(step: int, metrics: Dict[str, Dict[str, float]]) -> str:
+    """A compact table of one evaluation: a row per set, the summary columns."""
+    width = max(len("set"), *(len(name) for name in metrics))
+    header = "  ".join([f"{'set':<{width}}", *(f"{title:>11}" for _, title in SUMMARY_COLUMNS)])
+    rows = ["  ".join([f"{name:<{width}}", *(f"{values.get(key, float('nan')):>11.4f}" for key, _ in SUMMARY_COLUMNS)])
+            for name, values in metrics.items()]
+    return "\n".join([f"evaluation at step {step}", header, *rows])
+
+
 def flatten_eval_metrics(metrics: Optional[Dict[str, Dict[str, float]]]) -> Dict[str, float]:
     """`{set: {name: value}}` -> `{"<set>/<name>": value}` as logged."""
     return {f"{set_name}/{name}": value for set_name, values in (metrics or {}).items() for name, value in values.items()}

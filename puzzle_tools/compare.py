@@ -1,0 +1,226 @@
+"""Compare one metric between two arms of runs (A/B): each arm's runs, mean and standard deviation, Welch's
+t-test, Cohen's d and a seeded bootstrap 95% confidence interval of the difference of means.
+
+    python puzzle_tools/compare.py baseline.csv treatment.csv --metric all/exact_accuracy
+    python puzzle_tools/compare.py results.csv results.csv --metric all/exact_accuracy \\
+        --baseline-filter arch.routing.controller=none --treatment-filter arch.routing.controller=hrm --plot ab.png
+
+The CSVs are as puzzle_tools/sweep.py writes them: one row per run, the metric as a column. Every selected row
+is one run (one seed); `--filter KEY=VALUE` keeps the rows of both arms whose column KEY equals VALUE,
+`--baseline-filter` and `--treatment-filter` select within one arm (so one sweep CSV can hold both arms).
+
+Statistics (differences are treatment minus baseline):
+  std          sample standard deviation (ddof=1)
+  Welch's t    scipy.stats.ttest_ind(treatment, baseline, equal_var=False): t, Welch-Satterthwaite df and
+               the two-sided p
+  Cohen's d    (mean_t - mean_b) / sqrt((s_b^2 + s_t^2) / 2), s^2 with ddof=1
+  bootstrap    scipy.stats.bootstrap over the two arms resampled independently, statistic = difference of
+               means, percentile method (BCa's jackknife is unstable with the 3-5 seeds of a sweep), 9999
+               resamples, random_state = --seed: the same inputs and seed give the same interval
+
+`--json` prints {mean_baseline, mean_treatment, welch_t, p_value, cohens_d, bootstrap_ci95: [low, high],
+n_baseline, n_treatment, std_baseline, std_treatment, metric}. `--plot FILE` writes a PNG: each arm's runs as
+points with their mean, and the difference of means with its bootstrap interval.
+
+An arm with fewer than two runs, or a metric constant within both arms (the t statistic is undefined), is
+one `error:` line and exit status 2, as is a missing file or column, or a value that is not a finite number.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+import warnings
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from puzzle_tools.tool_io import OneLineArgumentParser
+
+try:
+    from scipy import stats
+except ImportError:  # scipy is an optional extra of the package
+    print("error: compare.py needs scipy: pip install scipy (or pip install -e '.[plot]')", file=sys.stderr)
+    sys.exit(2)
+
+BOOTSTRAP_RESAMPLES = 9999
+CONFIDENCE_LEVEL = 0.95
+
+
+class CompareError(Exception):
+    """Bad input; the message names the file, column or arm."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    metric: str
+    baseline: np.ndarray
+    treatment: np.ndarray
+    welch_t: float
+    welch_df: float
+    p_value: float
+    cohens_d: float
+    bootstrap_ci95: Tuple[float, float]
+
+    def as_json(self) -> Dict[str, object]:
+        return dict(metric=self.metric, n_baseline=len(self.baseline), n_treatment=len(self.treatment),
+                    mean_baseline=float(self.baseline.mean()), mean_treatment=float(self.treatment.mean()),
+                    std_baseline=float(self.baseline.std(ddof=1)), std_treatment=float(self.treatment.std(ddof=1)),
+                    welch_t=self.welch_t, p_value=self.p_value, cohens_d=self.cohens_d,
+                    bootstrap_ci95=list(self.bootstrap_ci95))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("baseline", help="CSV of the baseline arm's runs")
+    parser.add_argument("treatment", help="CSV of the treatment arm's runs")
+    parser.add_argument("--metric", required=True, help="column to compare, e.g. all/exact_accuracy")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep only rows (of both arms) whose column KEY is VALUE; repeatable")
+    parser.add_argument("--baseline-filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="like --filter, for the baseline arm only")
+    parser.add_argument("--treatment-filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="like --filter, for the treatment arm only")
+    parser.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    parser.add_argument("--plot", metavar="FILE", help="also draw the runs, means and interval into this PNG")
+    parser.add_argument("--seed", type=int, default=0, help="random_state of the bootstrap (default %(default)s)")
+    return parser.parse_args(argv)
+
+
+def parse_filters(flag: str, items: Sequence[str]) -> List[Tuple[str, str]]:
+    filters = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompareError(f"{flag} {item!r}: expected KEY=VALUE")
+        filters.append((key, value))
+    return filters
+
+
+def read_arm(path: str, metric: str, filters: Sequence[Tuple[str, str]]) -> np.ndarray:
+    """The metric of every row of `path` that passes the filters."""
+    if not os.path.isfile(path):
+        raise CompareError(f"{path}: file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for key in [metric] + [key for key, _ in filters]:
+            if key not in columns:
+                raise CompareError(f"{path}: no column {key!r} (columns: {', '.join(columns) or 'none'})")
+        values = []
+        for line, row in enumerate(reader, start=2):
+            if all(row[key] == value for key, value in filters):
+                try:
+                    value = float(row[metric])
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise CompareError(f"{path}, row {line}: {metric} is {row[metric]!r}, not a finite number")
+                values.append(value)
+    return np.array(values, dtype=np.float64)
+
+
+def difference_of_means(treatment: np.ndarray, baseline: np.ndarray, axis: int = -1) -> np.ndarray:
+    return treatment.mean(axis=axis) - baseline.mean(axis=axis)
+
+
+def compare(metric: str, baseline: np.ndarray, treatment: np.ndarray, seed: int) -> Comparison:
+    for arm, values in (("baseline", baseline), ("treatment", treatment)):
+        if len(values) < 2:
+            raise CompareError(f"the {arm} arm has {len(values)} run(s) with {metric}; at least 2 per arm are needed")
+    if np.ptp(baseline) == 0 and np.ptp(treatment) == 0:
+        raise CompareError(f"{metric} is constant within both arms (baseline {baseline[0]:g}, treatment "
+                           f"{treatment[0]:g}): the t statistic is undefined")
+    with warnings.catch_warnings():
+        if np.ptp(baseline) == 0 or np.ptp(treatment) == 0:
+            # scipy calls an arm of identical runs (all 100% accurate, say) a precision loss; its variance is exactly 0.
+            warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        welch = stats.ttest_ind(treatment, baseline, equal_var=False)
+    var_b, var_t = baseline.var(ddof=1), treatment.var(ddof=1)
+    cohens_d = (treatment.mean() - baseline.mean()) / np.sqrt((var_b + var_t) / 2)
+    interval = stats.bootstrap((treatment, baseline), difference_of_means, n_resamples=BOOTSTRAP_RESAMPLES,
+                               confidence_level=CONFIDENCE_LEVEL, method="percentile", vectorized=True,
+                               random_state=seed).confidence_interval
+    return Comparison(metric, baseline, treatment, float(welch.statistic), float(welch.df), float(welch.pvalue),
+                      float(cohens_d), (float(interval.low), float(interval.high)))
+
+
+def report(result: Comparison, baseline_path: str, treatment_path: str, seed: int) -> str:
+    lines = [f"{result.metric}: treatment ({treatment_path}) vs baseline ({baseline_path})",
+             f"{'arm':<12}{'n':>4}{'mean':>14}{'std':>14}"]
+    for arm, values in (("baseline", result.baseline), ("treatment", result.treatment)):
+        lines.append(f"{arm:<12}{len(values):>4}{values.mean():>14.6g}{values.std(ddof=1):>14.6g}")
+    low, high = result.bootstrap_ci95
+    lines += [f"difference  {result.treatment.mean() - result.baseline.mean():.6g} (treatment - baseline), "
+              f"bootstrap 95% CI [{low:.6g}, {high:.6g}] (percentile, {BOOTSTRAP_RESAMPLES} resamples, seed {seed})",
+              f"Welch's t   {result.welch_t:.6g}, df {result.welch_df:.4g}, two-sided p {result.p_value:.4g}",
+              f"Cohen's d   {result.cohens_d:.6g}"]
+    return "\n".join(lines)
+
+
+def plot(result: Comparison, path: str) -> None:
+    """Runs and means per arm (left), difference of means with its interval (right); written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    figure, (runs_axes, diff_axes) = plt.subplots(1, 2, figsize=(8, 4), gridspec_kw=dict(width_ratios=[2, 1]))
+    arms = (("baseline", result.baseline), ("treatment", result.treatment))
+    for position, (_, values) in enumerate(arms):
+        # A fixed spread instead of random jitter keeps the picture reproducible.
+        offsets = np.linspace(-0.12, 0.12, len(values))
+        runs_axes.scatter(position + offsets, values, alpha=0.7)
+        runs_axes.hlines(values.mean(), position - 0.25, position + 0.25, colors="black")
+    runs_axes.set_xticks([0, 1], [f"{arm} (n={len(values)})" for arm, values in arms])
+    runs_axes.set_xlim(-0.6, 1.6)
+    runs_axes.set_ylabel(result.metric)
+    runs_axes.set_title("runs (bar: mean)")
+    difference = result.treatment.mean() - result.baseline.mean()
+    low, high = result.bootstrap_ci95
+    diff_axes.errorbar([0], [difference], yerr=[[difference - low], [high - difference]], fmt="o", capsize=6)
+    diff_axes.axhline(0, color="gray", linestyle="--")
+    diff_axes.set_xticks([0], ["treatment - baseline"])
+    diff_axes.set_title(f"difference, bootstrap 95% CI\np = {result.p_value:.3g}, d = {result.cohens_d:.3g}")
+    figure.tight_layout()
+    # Beside the target, so the rename is atomic; named by the process so concurrent plots never collide.
+    tmp_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(tmp_path, format="png", dpi=120)
+        os.replace(tmp_path, path)
+    finally:
+        plt.close(figure)
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        shared = parse_filters("--filter", args.filter)
+        baseline = read_arm(args.baseline, args.metric,
+                            shared + parse_filters("--baseline-filter", args.baseline_filter))
+        treatment = read_arm(args.treatment, args.metric,
+                             shared + parse_filters("--treatment-filter", args.treatment_filter))
+        if args.plot:
+            if importlib.util.find_spec("matplotlib") is None:  # only --plot needs it
+                raise CompareError("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+            if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+                raise CompareError(f"--plot {args.plot}: its folder does not exist")
+        result = compare(args.metric, baseline, treatment, args.seed)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_json(), indent=2) if args.json else report(result, args.baseline, args.treatment,
+                                                                         args.seed))
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

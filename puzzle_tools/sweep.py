@@ -1,0 +1,491 @@
+"""Run a grid of `pretrain.py` config overrides x seeds, one subprocess per run, and append one CSV row per
+finished run; rerunning the same command resumes a cut-off sweep.
+
+    python puzzle_tools/sweep.py --csv results.csv --grid arch.routing.controller=none,hrm \\
+        --grid arch.routing.topk=null,4 --seeds 0 1 2 -- data=sudoku epochs=2000 eval_interval=1000
+
+Each run is `python pretrain.py <overrides after --> <grid point> seed=<s> checkpoint_path=<runs-dir>/<config
+id>_seed<s>`, run from the current folder with WANDB_MODE=disabled unless WANDB_MODE is set. The config id is
+a readable slug of the grid point (`controller-hrm__topk-4`). Runs go one after another, seed by seed (so a
+cut-off sweep has every grid point of the first seeds), or with `--gpus 0,1,...` one per GPU in parallel
+(CUDA_VISIBLE_DEVICES per run). When an `arch.routing.*` key is set and `arch=...` is not, `arch=hrm_poh` is
+added, since those keys exist only in that arch config; `arch.routing.controller=none` is then the plain HRM.
+
+The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
+
+    baseline vs routing     --grid arch.routing.controller=none,hrm
+    inner iterations        --grid arch.L_cycles=1,2,4,8   (and arch.H_cycles=...; at least 1 cycle each)
+    slow period T           --grid arch.routing.T=2,3,4,6,8
+    top-k heads             --grid arch.routing.topk=null,1,2,4,8   (at most arch.num_heads)
+    controller lr           --grid routing.controller_lr=5e-5,1e-4,2e-4,5e-4
+    entropy weight          --grid routing.entropy_reg=0,5e-4,1e-3,2e-3,5e-3
+    ACT vs fixed T          --grid arch.routing.controller=hrm_act,hrm
+
+The architecture keys live under `arch.routing.`; how the controllers train (`controller_lr`,
+`entropy_reg`, `temperature_init`, `warmup_epochs`, ...) under the top-level `routing.`.
+
+CSV columns, read from the run folder's metrics.jsonl and all_config.yaml:
+  config_id, seed, one column per swept key (the value as given);
+  train_time_s (wall time of the subprocess: start-up, data, training and evaluations);
+  steps_per_s (median of the logged train/steps_per_second: the intervals holding compilation or an
+  evaluation are outliers), tokens_per_s (median of train/tokens_per_second, else steps_per_s x
+  global_batch_size x the dataset's seq_len), peak_gpu_mem_gib (largest train/peak_gpu_memory_gib; empty
+  when not logged, as on the CPU);
+  routing_entropy, head_concentration (Herfindahl index), top1_share: means over both levels (H, L) of
+  train/routing/{routing_entropy_mean,head_herfindahl,top1_share}_<level>, averaged over the last 5 logged
+  train rows; n_H_updates: the controllers' slow updates per logged step, summed over the levels, averaged
+  likewise (empty without routing, or for the classical controller);
+  every metric of the last evaluation row (all/exact_accuracy, all/accuracy, all/lm_loss, all/steps, ...);
+  fixed_overrides (the overrides after --, so rows of different settings never mix) and run_dir.
+
+A (config id, seed) pair already in the CSV is skipped. A failed run is reported with the last line of its
+stderr, recorded in its run folder's sweep_run.json (with sweep_stdout.log and sweep_stderr.log beside it)
+and not appended; the exit status is then 1. A run folder left by an earlier, unfinished attempt of the same
+sweep is cleared and run again. Bad flags, a CSV whose columns or fixed overrides differ from this sweep's,
+or a run folder this sweep did not start are one `error:` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import queue
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+from tqdm import tqdm
+
+from puzzle_tools.tool_io import OneLineArgumentParser
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = os.path.join(REPO_ROOT, "pretrain.py")
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "all_config.yaml"
+MARKER_FILE = "sweep_run.json"
+STDOUT_LOG, STDERR_LOG = "sweep_stdout.log", "sweep_stderr.log"
+
+# Keys every run sets itself, so they cannot be swept or fixed.
+PER_RUN_KEYS = ("seed", "checkpoint_path")
+ROUTING_ARCH = "hrm_poh"
+# Logged train rows whose routing diagnostics are averaged: the end of the run, smoothed over a few logs.
+ROUTING_TAIL_ROWS = 5
+
+MEASURED_COLUMNS = ("train_time_s", "steps_per_s", "tokens_per_s", "peak_gpu_mem_gib")
+ROUTING_COLUMNS = ("routing_entropy", "head_concentration", "top1_share", "n_H_updates")
+TRAILING_COLUMNS = ("fixed_overrides", "run_dir")
+# CSV column -> logged routing diagnostic (per level) and how the levels combine.
+ROUTING_SOURCES = {"routing_entropy": ("routing_entropy_mean", "mean"),
+                   "head_concentration": ("head_herfindahl", "mean"),
+                   "top1_share": ("top1_share", "mean"),
+                   "n_H_updates": ("n_H_updates", "sum")}
+
+
+class SweepError(Exception):
+    """Bad flags, an incompatible CSV or a foreign run folder; the message names the flag, file or key."""
+
+
+class RunFailure(Exception):
+    """A run that exited with an error or left no usable metrics."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    config_id: str
+    seed: int
+    point: Dict[str, str]  # swept key -> value, as given on the command line
+    overrides: Tuple[str, ...]  # everything pretrain.py gets
+    run_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    returncode: int
+    wall_time_s: float
+    stderr_tail: str
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", required=True, help="results file; rows are appended, existing (config, seed) "
+                                                     "pairs skipped")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="a swept config key and its values (repeat for more keys; the grid is their product)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every grid point "
+                                                                                "(default: 0 1 2)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="parent of the run folders (default: checkpoints/sweep-<CSV file name without .csv>)")
+    parser.add_argument("--gpus", default=None, metavar="0,1,...",
+                        help="run in parallel, one run per listed GPU (default: one run at a time, "
+                             "CUDA_VISIBLE_DEVICES untouched)")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="start at most this many of the pending runs, then stop (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the pending runs' commands and exit")
+    parser.add_argument("overrides", nargs="*", metavar="-- OVERRIDE",
+                        help="config overrides shared by every run (after --), e.g. data=sudoku epochs=2000")
+    return parser.parse_args(argv)
+
+
+def split_values(text: str) -> List[str]:
+    """Split `a,b,[c,d]` at the commas outside brackets, so list values like [inputs,logits] stay whole."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    values.append(current)
+    return values
+
+
+def override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def parse_grid(grid_flags: Sequence[str]) -> Dict[str, List[str]]:
+    grid: Dict[str, List[str]] = {}
+    for flag in grid_flags:
+        key, sep, text = flag.partition("=")
+        values = split_values(text)
+        if not sep or not key or not all(values):
+            raise SweepError(f"--grid {flag!r}: expected KEY=V1,V2,... with non-empty values")
+        if key in grid:
+            raise SweepError(f"--grid {key}: the key is given twice; list all its values in one --grid")
+        if key in PER_RUN_KEYS:
+            raise SweepError(f"--grid {key}: set per run by the sweep (use --seeds, --runs-dir)")
+        if len(set(values)) != len(values):
+            raise SweepError(f"--grid {flag!r}: a value is listed twice")
+        grid[key] = values
+    return grid
+
+
+def check_fixed_overrides(overrides: Sequence[str], grid: Dict[str, List[str]]) -> None:
+    for override in overrides:
+        key = override_key(override)
+        if "=" not in override or not key:
+            raise SweepError(f"override {override!r}: expected KEY=VALUE after --")
+        if key in PER_RUN_KEYS:
+            raise SweepError(f"override {override!r}: {key} is set per run by the sweep (use --seeds, --runs-dir)")
+        if key in grid:
+            raise SweepError(f"override {override!r}: {key} is also swept with --grid; give it in one place")
+
+
+def routing_arch_overrides(overrides: Sequence[str], grid: Dict[str, List[str]]) -> List[str]:
+    """`arch=hrm_poh` when routing keys are set and no arch is chosen: `arch.routing.*` exists only there."""
+    keys = [override_key(o) for o in [*overrides, *grid]]
+    if any(key.startswith("arch.routing.") for key in keys) and "arch" not in keys:
+        return [f"arch={ROUTING_ARCH}"]
+    return []
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+
+
+def config_ids(grid: Dict[str, List[str]], points: List[Dict[str, str]]) -> List[str]:
+    """A readable id per grid point: `<key>-<value>` joined by `__`, keys shortened to their last part when
+    that stays unambiguous (`controller-hrm__topk-4`); `base` for the empty grid."""
+    short = {key: key.rsplit(".", 1)[-1] for key in grid}
+    if len(set(short.values())) != len(short):
+        short = {key: key for key in grid}
+    ids = ["__".join(f"{slug(short[k])}-{slug(v)}" for k, v in point.items()) or "base" for point in points]
+    for (first, a), (second, b) in itertools.combinations(zip(points, ids), 2):
+        if a == b:
+            raise SweepError(f"--grid: the points {first} and {second} give the same config id {a!r}")
+    return ids
+
+
+def plan_runs(grid: Dict[str, List[str]], seeds: Sequence[int], fixed: Sequence[str], runs_dir: str) -> List[RunSpec]:
+    """Every (grid point, seed), seed-major, with the overrides pretrain.py gets."""
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"--seeds {' '.join(map(str, seeds))}: a seed is listed twice")
+    check_fixed_overrides(fixed, grid)
+    shared = routing_arch_overrides(fixed, grid) + list(fixed)
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    ids = config_ids(grid, points)
+    specs = []
+    for seed in seeds:
+        for config_id, point in zip(ids, points):
+            run_dir = os.path.join(runs_dir, f"{config_id}_seed{seed}")
+            overrides = (*shared, *(f"{k}={v}" for k, v in point.items()), f"seed={seed}", f"checkpoint_path={run_dir}")
+            specs.append(RunSpec(config_id, seed, point, overrides, run_dir))
+    return specs
+
+
+def leading_columns(grid: Dict[str, List[str]]) -> List[str]:
+    """Columns before the evaluation metrics, which are known only once a run has finished."""
+    return ["config_id", "seed", *grid, *MEASURED_COLUMNS, *ROUTING_COLUMNS]
+
+
+class ResultsCsv:
+    """The results file: its header, the (config id, seed) pairs it holds, and row-by-row appends."""
+
+    def __init__(self, path: str, grid: Dict[str, List[str]], fixed_overrides: str):
+        self.path = path
+        self.leading = leading_columns(grid)
+        self.fixed_overrides = fixed_overrides
+        self.header: Optional[List[str]] = None
+        self.done: set = set()
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            self._read_existing()
+
+    def _read_existing(self) -> None:
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            expected = self.leading + ["..."] + list(TRAILING_COLUMNS)
+            if header[:len(self.leading)] != self.leading or header[-len(TRAILING_COLUMNS):] != list(TRAILING_COLUMNS):
+                raise SweepError(f"{self.path}: its columns ({','.join(header)}) differ from this sweep's "
+                                 f"({','.join(expected)}); use another --csv")
+            for line, row in enumerate(reader, start=2):
+                if row["fixed_overrides"] != self.fixed_overrides:
+                    raise SweepError(f"{self.path}, row {line}: written with the overrides {row['fixed_overrides']!r}, "
+                                     f"this sweep has {self.fixed_overrides!r}; use another --csv")
+                self.done.add((row["config_id"], row["seed"]))
+        self.header = header
+
+    def has(self, spec: RunSpec) -> bool:
+        return (spec.config_id, str(spec.seed)) in self.done
+
+    def append(self, row: Dict[str, object]) -> None:
+        """Append one row (header first if the file is new); a row needing other columns stops the sweep."""
+        eval_columns = sorted(set(row) - set(self.leading) - set(TRAILING_COLUMNS))
+        needed = self.leading + eval_columns + list(TRAILING_COLUMNS)
+        if self.header is not None and sorted(self.header) != sorted(needed):
+            missing = sorted(set(needed) - set(self.header)) or sorted(set(self.header) - set(needed))
+            raise SweepError(f"{self.path}: its columns differ from what run {row['run_dir']} needs "
+                             f"(first difference: {missing[0]}); use another --csv")
+        new_file = self.header is None
+        self.header = self.header or needed
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.header)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add((row["config_id"], str(row["seed"])))
+
+
+def read_marker(run_dir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(run_dir, MARKER_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(run_dir: str, marker: dict) -> None:
+    path = os.path.join(run_dir, MARKER_FILE)
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(marker, f, indent=1)
+    os.replace(f"{path}.tmp", path)
+
+
+def check_run_folders(specs: Sequence[RunSpec], csv_path: str) -> None:
+    """A pending run's folder may exist only as this sweep's own unfinished attempt (it is cleared then)."""
+    for spec in specs:
+        marker = read_marker(spec.run_dir)
+        if os.path.exists(spec.run_dir) and (marker is None or marker.get("csv") != os.path.abspath(csv_path)):
+            raise SweepError(f"run folder {spec.run_dir} exists and was not started by this sweep "
+                             f"(its {MARKER_FILE} does not name {csv_path}); remove it or pass another --runs-dir")
+
+
+def command_of(spec: RunSpec) -> List[str]:
+    return [sys.executable, PRETRAIN, *spec.overrides]
+
+
+def last_line(path: str) -> str:
+    """The last non-empty line of a log; progress bars redraw with carriage returns, so those split too."""
+    with open(path, errors="replace") as f:
+        lines = [line.strip() for line in re.split(r"[\r\n]", f.read()) if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def launch_run(spec: RunSpec, gpu: Optional[str]) -> RunOutcome:
+    """Run pretrain.py for one spec, its output going to log files in the run folder."""
+    env = dict(os.environ)
+    env.setdefault("WANDB_MODE", "disabled")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    start = time.perf_counter()
+    stderr_path = os.path.join(spec.run_dir, STDERR_LOG)
+    with open(os.path.join(spec.run_dir, STDOUT_LOG), "w") as out, open(stderr_path, "w") as err:
+        returncode = subprocess.run(command_of(spec), stdout=out, stderr=err, env=env).returncode
+    return RunOutcome(returncode, time.perf_counter() - start, last_line(stderr_path))
+
+
+def read_jsonl(path: str) -> List[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+    return rows
+
+
+def median_of(rows: Sequence[dict], key: str) -> Optional[float]:
+    values = [row[key] for row in rows if key in row]
+    return statistics.median(values) if values else None
+
+
+def config_tokens_per_step(run_dir: str) -> Optional[int]:
+    """global_batch_size x seq_len from the run's all_config.yaml and its dataset's metadata, if readable."""
+    try:
+        with open(os.path.join(run_dir, CONFIG_FILE)) as f:
+            config = yaml.safe_load(f)
+        with open(os.path.join(config["data_path"], "train", "dataset.json")) as f:
+            return int(config["global_batch_size"]) * int(json.load(f)["seq_len"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def routing_summary(train_rows: Sequence[dict]) -> Dict[str, Optional[float]]:
+    tail = [row for row in train_rows if any(k.startswith("train/routing/") for k in row)][-ROUTING_TAIL_ROWS:]
+    summary: Dict[str, Optional[float]] = {}
+    for column, (name, combine) in ROUTING_SOURCES.items():
+        per_row = []
+        for row in tail:
+            levels = [v for k, v in row.items() if k.startswith(f"train/routing/{name}_")]
+            if levels:
+                per_row.append(sum(levels) / (len(levels) if combine == "mean" else 1))
+        summary[column] = statistics.fmean(per_row) if per_row else None
+    return summary
+
+
+def summarize_run(spec: RunSpec, wall_time_s: float, fixed_overrides: str) -> Dict[str, object]:
+    """The CSV row of a finished run, from its metrics.jsonl (and all_config.yaml for tokens/s)."""
+    metrics_path = os.path.join(spec.run_dir, METRICS_FILE)
+    if not os.path.isfile(metrics_path):
+        raise RunFailure(f"no {metrics_path}")
+    rows = read_jsonl(metrics_path)
+    train_rows = [row for row in rows if "train/lm_loss" in row]
+    eval_rows = [row for row in rows
+                 if any(k.endswith("/exact_accuracy") and not k.startswith("train/") for k in row)]
+    if not eval_rows:
+        raise RunFailure(f"{metrics_path} holds no evaluation row")
+    steps_per_s = median_of(train_rows, "train/steps_per_second")
+    tokens_per_s = median_of(train_rows, "train/tokens_per_second")
+    if tokens_per_s is None and steps_per_s is not None:
+        tokens_per_step = config_tokens_per_step(spec.run_dir)
+        tokens_per_s = steps_per_s * tokens_per_step if tokens_per_step is not None else None
+    peaks = [row["train/peak_gpu_memory_gib"] for row in rows if "train/peak_gpu_memory_gib" in row]
+    row: Dict[str, object] = {"config_id": spec.config_id, "seed": spec.seed, **spec.point,
+                              "train_time_s": round(wall_time_s, 3), "steps_per_s": steps_per_s,
+                              "tokens_per_s": tokens_per_s, "peak_gpu_mem_gib": max(peaks) if peaks else None,
+                              **routing_summary(train_rows),
+                              **{k: v for k, v in eval_rows[-1].items() if k != "step"},
+                              "fixed_overrides": fixed_overrides, "run_dir": spec.run_dir}
+    return {k: "" if v is None else v for k, v in row.items()}
+
+
+Launcher = Callable[[RunSpec, Optional[str]], RunOutcome]
+
+
+def run_one(spec: RunSpec, gpu: Optional[str], csv_path: str, launch: Launcher) -> RunOutcome:
+    """Clear an unfinished earlier attempt, mark the folder as this sweep's, launch, record the outcome."""
+    if os.path.exists(spec.run_dir):
+        shutil.rmtree(spec.run_dir)  # check_run_folders made sure it is this sweep's own unfinished attempt
+    os.makedirs(spec.run_dir)
+    marker = dict(csv=os.path.abspath(csv_path), config_id=spec.config_id, seed=spec.seed, gpu=gpu,
+                  command=command_of(spec), status="running")
+    write_marker(spec.run_dir, marker)
+    outcome = launch(spec, gpu)
+    write_marker(spec.run_dir, dict(marker, status="finished" if outcome.returncode == 0 else "failed",
+                                    returncode=outcome.returncode, wall_time_s=outcome.wall_time_s,
+                                    stderr_tail=outcome.stderr_tail))
+    return outcome
+
+
+def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: str, gpus: Sequence[Optional[str]],
+              launch: Launcher) -> List[Tuple[RunSpec, str]]:
+    """Run `specs` (one per free slot of `gpus`), appending each success to `results`; returns the failures."""
+    free_gpus: "queue.Queue[Optional[str]]" = queue.Queue()
+    for gpu in gpus:
+        free_gpus.put(gpu)
+
+    def on_free_gpu(spec: RunSpec) -> RunOutcome:
+        gpu = free_gpus.get()
+        try:
+            return run_one(spec, gpu, results.path, launch)
+        finally:
+            free_gpus.put(gpu)
+
+    failures = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(gpus)) as pool, \
+            tqdm(total=len(specs), unit="run", desc="sweep") as progress:
+        futures = {pool.submit(on_free_gpu, spec): spec for spec in specs}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                spec = futures[future]
+                try:
+                    outcome = future.result()
+                    if outcome.returncode != 0:
+                        raise RunFailure(f"exit status {outcome.returncode}: {outcome.stderr_tail}")
+                    results.append(summarize_run(spec, outcome.wall_time_s, fixed_overrides))
+                except (RunFailure, OSError) as e:  # OSError: the run folder or its logs could not be written
+                    failures.append((spec, str(e)))
+                    tqdm.write(f"failed: {spec.config_id} seed {spec.seed} ({e}); logs in {spec.run_dir}",
+                               file=sys.stderr)
+                progress.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()  # runs not yet started; the running ones finish and are redone on resume
+            raise
+    return failures
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        grid = parse_grid(args.grid)
+        csv_name = os.path.splitext(os.path.basename(args.csv))[0]
+        runs_dir = args.runs_dir or os.path.join("checkpoints", f"sweep-{csv_name}")
+        specs = plan_runs(grid, args.seeds, args.overrides, runs_dir)
+        gpus: List[Optional[str]] = [None]
+        if args.gpus is not None:
+            gpus = args.gpus.split(",")
+            if not all(gpus) or len(set(gpus)) != len(gpus):
+                raise SweepError(f"--gpus {args.gpus!r}: expected distinct comma-separated GPU ids, e.g. 0,1")
+        if args.max_runs is not None and args.max_runs < 1:
+            raise SweepError(f"--max-runs must be at least 1, got {args.max_runs}")
+        fixed_overrides = " ".join(args.overrides)
+        results = ResultsCsv(args.csv, grid, fixed_overrides)
+        pending = [spec for spec in specs if not results.has(spec)]
+        skipped = len(specs) - len(pending)
+        pending = pending[:args.max_runs]
+        if args.dry_run:
+            for spec in pending:
+                print(" ".join(command_of(spec)))
+            return 0
+        check_run_folders(pending, args.csv)
+        print(f"sweep: {len(specs)} runs ({len(specs) // len(args.seeds)} grid points x {len(args.seeds)} seeds), "
+              f"{skipped} already in {args.csv}, {len(pending)} to run now", flush=True)
+        failures = run_sweep(pending, results, fixed_overrides, gpus, launch_run)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume (finished runs are in {args.csv})", file=sys.stderr)
+        return 130
+    print(f"sweep: {len(pending) - len(failures)} runs finished, {len(failures)} failed"
+          + (f" ({', '.join(f'{s.config_id} seed {s.seed}' for s, _ in failures)})" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""puzzle_tools/compare.py: Welch's t, Cohen's d and the bootstrap interval against hand computations; arm
+selection; degenerate and bad inputs; the plot."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from puzzle_tools import compare
+
+METRIC = "all/exact_accuracy"
+
+
+def write_csv(path, rows, columns=("config_id", "seed", "arch.routing.controller", METRIC)):
+    path.write_text("\n".join([",".join(columns)] + [",".join(map(str, row)) for row in rows]) + "\n")
+    return str(path)
+
+
+def arm_csv(path, values, controller="none"):
+    return write_csv(path, [(f"controller-{controller}", seed, controller, v) for seed, v in enumerate(values)])
+
+
+def run_json(capsys, *argv):
+    assert compare.main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def arms(tmp_path):
+    return arm_csv(tmp_path / "b.csv", [1, 2, 3, 4]), arm_csv(tmp_path / "t.csv", [3, 4, 5, 6, 7], "hrm")
+
+
+def test_statistics_match_the_hand_formulas(arms, capsys):
+    result = run_json(capsys, *arms, "--metric", METRIC)
+    assert set(result) == {"metric", "n_baseline", "n_treatment", "mean_baseline", "mean_treatment", "std_baseline",
+                           "std_treatment", "welch_t", "p_value", "cohens_d", "bootstrap_ci95"}
+    # Baseline 1..4: mean 2.5, s^2 = 5/3. Treatment 3..7: mean 5, s^2 = 10/4 = 2.5.
+    var_b, var_t = 5 / 3, 2.5
+    assert (result["n_baseline"], result["n_treatment"]) == (4, 5)
+    assert result["mean_baseline"] == 2.5 and result["mean_treatment"] == 5.0
+    assert result["std_baseline"] == pytest.approx(math.sqrt(var_b))
+    assert result["std_treatment"] == pytest.approx(math.sqrt(var_t))
+    se_b, se_t = var_b / 4, var_t / 5
+    t = 2.5 / math.sqrt(se_b + se_t)
+    df = (se_b + se_t) ** 2 / (se_b ** 2 / 3 + se_t ** 2 / 4)  # Welch-Satterthwaite
+    assert t == pytest.approx(2.6111648, rel=1e-7) and df == pytest.approx(6.9807692, rel=1e-7)
+    assert result["welch_t"] == pytest.approx(t, rel=1e-12)
+    assert result["p_value"] == pytest.approx(2 * stats.t.sf(t, df), rel=1e-10)
+    # d = 2.5 / sqrt((5/3 + 5/2) / 2) = 2.5 / sqrt(25/12) = sqrt(3)
+    assert result["cohens_d"] == pytest.approx(math.sqrt(3), rel=1e-12)
+
+    low, high = result["bootstrap_ci95"]
+    assert low < 2.5 < high
+    # The percentile interval of the difference of means, as an independent resampling sees it.
+    rng = np.random.default_rng(123)
+    baseline, treatment = np.array([1, 2, 3, 4.0]), np.array([3, 4, 5, 6, 7.0])
+    diffs = (rng.choice(treatment, (40000, 5)).mean(1) - rng.choice(baseline, (40000, 4)).mean(1))
+    assert low == pytest.approx(np.percentile(diffs, 2.5), abs=0.1)
+    assert high == pytest.approx(np.percentile(diffs, 97.5), abs=0.1)
+    # Seeded: the same seed gives the same interval, another seed another one.
+    assert run_json(capsys, *arms, "--metric", METRIC)["bootstrap_ci95"] == [low, high]
+    assert run_json(capsys, *arms, "--metric", METRIC, "--seed", "7")["bootstrap_ci95"] != [low, high]
+
+    assert compare.main([*arms, "--metric", METRIC]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:4] == [f"{'arm':<12}{'n':>4}{'mean':>14}{'std':>14}",
+                          f"{'baseline':<12}{4:>4}{2.5:>14.6g}{math.sqrt(var_b):>14.6g}",
+                          f"{'treatment':<12}{5:>4}{5.0:>14.6g}{math.sqrt(2.5):>14.6g}"]
+    assert lines[4] == (f"difference  2.5 (treatment - baseline), bootstrap 95% CI [{low:.6g}, {high:.6g}] "
+                        f"(percentile, 9999 resamples, seed 0)")
+    assert lines[5] == f"Welch's t   2.61116, df 6.981, two-sided p {2 * stats.t.sf(t, df):.4g}"
+    assert lines[6] == "Cohen's d   1.73205"
+
+
+def test_filters_pick_each_arm_out_of_one_sweep_csv(tmp_path, capsys):
+    columns = ("config_id", "seed", "arch.routing.controller", "arch.routing.topk", METRIC)
+    path = write_csv(tmp_path / "sweep.csv", [
+        ("a", 0, "none", "null", 0.50), ("a", 1, "none", "null", 0.60), ("a", 2, "none", "null", 0.70),
+        ("b", 0, "hrm", "null", 0.80), ("b", 1, "hrm", "null", 0.90),
+        ("c", 0, "hrm", "4", 0.10), ("c", 1, "hrm", "4", 0.20), ("d", 0, "none", "4", 0.0)], columns)
+    result = run_json(capsys, path, path, "--metric", METRIC, "--filter", "arch.routing.topk=null",
+                      "--baseline-filter", "arch.routing.controller=none",
+                      "--treatment-filter", "arch.routing.controller=hrm")
+    assert (result["n_baseline"], result["n_treatment"]) == (3, 2)
+    assert result["mean_baseline"] == pytest.approx(0.6) and result["mean_treatment"] == pytest.approx(0.85)
+
+
+@pytest.mark.parametrize("baseline, treatment, argv, message", [
+    ([1.0], [2.0, 3.0], [], f"error: the baseline arm has 1 run(s) with {METRIC}; at least 2 per arm are needed"),
+    ([1.0, 2.0], [], [], f"error: the treatment arm has 0 run(s) with {METRIC}; at least 2 per arm are needed"),
+    ([0.5, 0.5, 0.5], [0.75, 0.75], [],
+     f"error: {METRIC} is constant within both arms (baseline 0.5, treatment 0.75): the t statistic is undefined"),
+    ([1.0, 2.0], [2.0, 3.0], ["--filter", "seed"], "error: --filter 'seed': expected KEY=VALUE"),
+    ([1.0, 2.0], [2.0, 3.0], ["--baseline-filter", "topk=4"],
+     f"error: {{b}}: no column 'topk' (columns: config_id, seed, arch.routing.controller, {METRIC})"),
+    ([1.0, 2.0], [2.0, 3.0], ["--plot", "/nonexistent/folder/ab.png"],
+     "error: --plot /nonexistent/folder/ab.png: its folder does not exist"),
+])
+def test_degenerate_and_bad_inputs_are_one_line_errors(tmp_path, capsys, baseline, treatment, argv, message):
+    b, t = arm_csv(tmp_path / "b.csv", baseline), arm_csv(tmp_path / "t.csv", treatment, "hrm")
+    assert compare.main([b, t, "--metric", METRIC, *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [message.format(b=b)] and captured.out == ""
+
+
+def test_missing_files_columns_and_values_name_themselves(tmp_path, capsys):
+    b, t = arm_csv(tmp_path / "b.csv", [1, 2]), arm_csv(tmp_path / "t.csv", [2, 3])
+    assert compare.main([b, str(tmp_path / "absent.csv"), "--metric", METRIC]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'absent.csv'}: file not found"]
+    assert compare.main([b, t, "--metric", "all/accuracy"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {b}: no column 'all/accuracy' (columns: config_id, seed, arch.routing.controller, {METRIC})"]
+    empty = write_csv(tmp_path / "e.csv", [("a", 0, "hrm", 0.5), ("a", 1, "hrm", "")])
+    assert compare.main([b, empty, "--metric", METRIC]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {empty}, row 3: {METRIC} is '', not a finite number"]
+    nan = write_csv(tmp_path / "n.csv", [("a", 0, "hrm", "nan"), ("a", 1, "hrm", 0.5)])
+    assert compare.main([b, nan, "--metric", METRIC]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {nan}, row 2: {METRIC} is 'nan', not a finite number"]
+
+
+def test_usage_mistakes_are_one_line_errors(arms, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([*arms])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: the following arguments are required: --metric"]
+
+
+def test_one_constant_arm_is_fine(tmp_path, capsys):
+    b, t = arm_csv(tmp_path / "b.csv", [0.5, 0.5, 0.5]), arm_csv(tmp_path / "t.csv", [0.6, 0.8])
+    result = run_json(capsys, b, t, "--metric", METRIC)
+    # s_b = 0: t = 0.2 / sqrt(0.02 / 2), d = 0.2 / sqrt(0.02 / 2).
+    assert result["welch_t"] == pytest.approx(2.0) and result["cohens_d"] == pytest.approx(2.0)
+    assert result["p_value"] == pytest.approx(2 * stats.t.sf(2.0, 1))  # df = 1: all variance in the 2-run arm
+
+
+def test_plot_writes_a_png_atomically(arms, tmp_path, capsys):
+    import matplotlib.image
+
+    assert compare.main([*arms, "--metric", METRIC, "--plot", str(tmp_path / "ab.png")]) == 0
+    image = matplotlib.image.imread(str(tmp_path / "ab.png"))
+    assert image.shape[:2] == (480, 960)  # 8 x 4 inches at 120 dpi
+    assert sorted(os.listdir(tmp_path)) == ["ab.png", "b.csv", "t.csv"]  # no temporary file left
