@@ -47,7 +47,7 @@ def test_tiny_run_trains_evaluates_and_writes_a_run_folder(tiny_dataset, tmp_pat
     assert eval_rows[-1]["all/steps"] == 3.0  # evaluation always runs halt_max_steps
     train_keys = {"train/accuracy", "train/count", "train/exact_accuracy", "train/lm_loss", "train/lr",
                   "train/q_continue_loss", "train/q_halt_accuracy", "train/q_halt_loss", "train/steps",
-                  "train/steps_per_second"}
+                  "train/steps_per_second", "train/tokens_per_second"}
     assert train_keys <= set(rows[-2]) | set(rows[-3])
     with open(os.path.join(run_dir, "all_config.yaml")) as f:
         saved_config = yaml.safe_load(f)

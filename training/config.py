@@ -51,6 +51,9 @@ class PretrainConfig(pydantic.BaseModel):
         [], description="config keys (or key prefixes such as `routing`) a resumed run may change on purpose")
     overwrite_run: bool = pydantic.Field(False, description="start a new run in a folder that already holds one, "
                                                             "deleting that run's files first")
+    ema: bool = pydantic.Field(False, description="keep an exponential moving average of the weights; evaluation "
+                                                  "and step_N use it")
+    ema_rate: float = pydantic.Field(0.999, gt=0, lt=1, description="the average's decay per step")
     plots: bool = pydantic.Field(True, description="draw the run's curves into its folder when it finishes "
                                                    "(puzzle_tools/plot_run.py; needs matplotlib)")
     data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")

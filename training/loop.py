@@ -2,6 +2,7 @@
 followed by an evaluation, the run folder's files and the full training state."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -17,6 +18,7 @@ from training import checkpointing, resume
 from training.build import create_loader, create_model, ensure_dataset, maybe_compile, read_metadata
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
+from training.ema import WeightEMA
 from training.evaluation import evaluate
 from training.metrics import TrainMetrics
 from training.metrics_log import METRICS_FILE, MetricsLogger, flatten_eval_metrics, format_evaluation
@@ -48,7 +50,8 @@ def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, 
     routing = RoutingSchedule(base_model, config.routing, total_steps) if base_model.routers() else None
     return TrainState(model=maybe_compile(base_model, config, ctx), base_model=base_model,
                       optimizers=build_optimizers(base_model.parameter_groups(), config, ctx.world_size),
-                      total_steps=total_steps, routing=routing)
+                      total_steps=total_steps, routing=routing,
+                      ema=WeightEMA(base_model, config.ema_rate) if config.ema else None)
 
 
 def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: PretrainConfig, ctx: DistributedContext,
@@ -76,6 +79,8 @@ def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: Pretra
                                         config.lr_min_ratio)
         optimizer.step()
         optimizer.zero_grad()
+    if state.ema is not None:
+        state.ema.update()
     return result
 
 
@@ -146,7 +151,8 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
         checkpointing.write_config(config.checkpoint_path, config.model_dump())
         logger = MetricsLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(),
                                total_steps=steps_that_will_run(config, state.total_steps),
-                               initial_step=progress.step)
+                               initial_step=progress.step,
+                               tokens_per_step=config.global_batch_size * eval_metadata.seq_len)
         logger.log({"num_params": sum(p.numel() for p in state.base_model.parameters())}, step=progress.step)
 
     train_metrics = TrainMetrics()
@@ -188,14 +194,15 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
                 log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
 
             step = progress.step
-            eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
-                                    outputs_path=os.path.join(config.checkpoint_path, f"step_{step}_all_preds"),
-                                    routing_log_path=os.path.join(config.checkpoint_path, f"routing_{step}.jsonl"))
+            with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
+                eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
+                                        outputs_path=os.path.join(config.checkpoint_path, f"step_{step}_all_preds"),
+                                        routing_log_path=os.path.join(config.checkpoint_path, f"routing_{step}.jsonl"))
+                if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
+                    checkpointing.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
             if logger is not None and eval_metrics is not None:
                 logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
                 logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics))
-            if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
-                checkpointing.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
             save_state()
             if stop.should_stop(ctx, synchronise=True):
                 raise interrupt(stop)

@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any, Dict, Optional
 
+import torch
 import tqdm
 
 METRICS_FILE = "metrics.jsonl"
@@ -31,10 +32,13 @@ def _to_number(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Writes every logged figure to W&B and `metrics.jsonl`, and drives a tqdm bar with loss and steps/s."""
+    """Writes every logged figure to W&B and `metrics.jsonl`, and drives a tqdm bar with loss and steps/s.
+
+    Each train log also gets steps/s, tokens/s (`tokens_per_step`: global batch x sequence length) and, on
+    CUDA, the peak GPU memory so far (GiB, of this process)."""
 
     def __init__(self, run_dir: str, project: str, run_name: str, config: Dict[str, Any], total_steps: int,
-                 initial_step: int = 0):
+                 initial_step: int = 0, tokens_per_step: int = 0):
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl = open(os.path.join(run_dir, METRICS_FILE), "a")
         self.wandb_run = None
@@ -48,12 +52,17 @@ class MetricsLogger:
                 print(f"W&B unavailable ({type(e).__name__}: {e}); logging to {METRICS_FILE} only")
         self.progress = tqdm.tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True)
         self.last_time, self.last_step = time.perf_counter(), initial_step
+        self.tokens_per_step = tokens_per_step
 
     def log(self, metrics: Dict[str, Any], step: int) -> None:
         metrics = {k: _to_number(v) for k, v in metrics.items()}
         now = time.perf_counter()
         if step > self.last_step and "train/lm_loss" in metrics:
+            # Training-time figures of the interval since the last log: throughput and peak GPU memory.
             metrics["train/steps_per_second"] = (step - self.last_step) / (now - self.last_time)
+            metrics["train/tokens_per_second"] = metrics["train/steps_per_second"] * self.tokens_per_step
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                metrics["train/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
             self.last_time, self.last_step = now, step
             self.progress.set_postfix(loss=f"{metrics['train/lm_loss']:.4f}",
                                       steps_per_s=f"{metrics['train/steps_per_second']:.2f}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_model_weights
+from training.ema import WeightEMA
 from training.routing_schedule import RoutingSchedule
 
 
@@ -72,13 +73,17 @@ class TrainState:
     optimizers: List[torch.optim.Optimizer]
     total_steps: int
     routing: Optional[RoutingSchedule] = None
+    ema: Optional[WeightEMA] = None  # with `ema=true`
     progress: TrainProgress = field(default_factory=TrainProgress)
     carry: Any = None  # this process's ACT carry
 
     def state_dict(self) -> Dict[str, Any]:
         """The state every process shares (identical on all ranks)."""
-        return {"model": self.base_model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
-                "progress": self.progress.state_dict()}
+        state = {"model": self.base_model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+                 "progress": self.progress.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         load_model_weights(self.base_model, state["model"])
@@ -93,6 +98,10 @@ class TrainState:
             for group, group_settings in zip(optimizer.param_groups, settings):
                 group.update(group_settings)
         self.progress.load_state_dict(state["progress"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # averaging switched on at resume (resume_allow_changes=[ema]): start here
+            self.ema = WeightEMA(self.base_model, self.ema.rate)
 
     def rank_state_dict(self, device: torch.device) -> Dict[str, Any]:
         """This process's own state, on the CPU: its ACT carry and its random generators."""
