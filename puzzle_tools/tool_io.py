@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Callable, NoReturn
+
+from training.checkpointing import RunFolderError, atomic_path
 
 INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
 
@@ -34,27 +35,16 @@ def exit_code_of(run: Callable[[], None]) -> int:
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)` for a file beside `path`, then rename it into place, so no reader ever
-    sees half a file; on failure `path` is untouched. An unwritable path is a ToolInputError."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Call `write(temporary_path)` for a file beside `path`, then rename it into place (the run folders'
+    atomic write), so no reader ever sees half a file; an unwritable path is a ToolInputError."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        os.close(handle)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_path(path) as temporary:
+            write(temporary)
     except OSError as e:
         raise ToolInputError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        write(temporary)
-        # mkstemp creates the file readable by its owner only; give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except OSError as e:
-        raise ToolInputError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    except RunFolderError as e:
+        raise ToolInputError(str(e)) from None
 
 
 def write_text_atomically(path: str, text: str) -> None:

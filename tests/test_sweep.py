@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT
-from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
 from puzzle_tools import sweep
+from tiny_runs import TINY_OVERRIDES
 
 GRID = ["--grid", "arch.routing.controller=none,hrm"]
 EVAL_KEYS = ["all/exact_accuracy", "all/lm_loss"]
@@ -275,34 +275,8 @@ def test_the_launched_command_sets_wandb_off_and_the_gpu(tmp_path, monkeypatch):
         assert json.loads(f.read())[1:] == ["offline", os.environ.get("CUDA_VISIBLE_DEVICES")]
 
 
-TINY_OVERRIDES = [
-    "global_batch_size=16", "epochs=2", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=2", "log_interval=1",
-    "arch.hidden_size=32", "arch.num_heads=2", "arch.H_layers=1", "arch.L_layers=1", "arch.H_cycles=1",
-    "arch.L_cycles=2", "arch.halt_max_steps=3", "arch.forward_dtype=float32", "arch.puzzle_emb_ndim=16",
-    "routing.warmup_epochs=0",
-]
-
-
-@pytest.fixture
-def tiny_dataset(tmp_path):
-    """96 train and 32 test sequences of 12 tokens (label = 5 - input), as in test_pipeline.py."""
-    path = str(tmp_path / "tiny")
-    rng = np.random.default_rng(0)
-
-    def arrays(n):
-        inputs = rng.integers(1, 5, (n, 12)).astype(np.uint8)
-        return dict(inputs=inputs, labels=(5 - inputs).astype(np.uint8),
-                    puzzle_identifiers=rng.integers(1, 4, n).astype(np.int32),
-                    puzzle_indices=np.arange(n + 1, dtype=np.int32), group_indices=np.arange(n + 1, dtype=np.int32))
-
-    with atomic_output_dir(path) as out:
-        for split, n in (("train", 96), ("test", 32)):
-            metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6,
-                                             seq_len=12, num_puzzle_identifiers=4, total_groups=n,
-                                             mean_puzzle_examples=1, sets=["all"])
-            save_split(out, split, metadata, {"all": arrays(n)})
-        save_identifiers(out, ["<blank>", "a", "b", "c"])
-    return path
+# The tiny runs of the pipeline tests, two epochs long, with the routing controllers learning at once.
+SWEEP_OVERRIDES = [*TINY_OVERRIDES, "epochs=2", "routing.warmup_epochs=0"]
 
 
 @pytest.mark.slow
@@ -315,7 +289,7 @@ def test_a_tiny_cpu_sweep_cut_off_and_resumed_has_every_row_once(tiny_dataset, t
     def run(*extra):
         return subprocess.run([sys.executable, "puzzle_tools/sweep.py", "--csv", str(csv_path),
                                "--runs-dir", str(tmp_path / "runs"), "--grid", "arch.routing.controller=none,hrm",
-                               "--seeds", "0", "1", *extra, "--", f"data_path={tiny_dataset}", *TINY_OVERRIDES],
+                               "--seeds", "0", "1", *extra, "--", f"data_path={tiny_dataset}", *SWEEP_OVERRIDES],
                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
     first = run("--max-runs", "1")
