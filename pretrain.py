@@ -1,13 +1,20 @@
 """Train HRM: `python pretrain.py data=sudoku`, or `torchrun --nproc-per-node 8 pretrain.py data=maze`.
 
-Any config key can be overridden on the command line (`lr=3e-4 arch.L_cycles=8`); see config/.
+Every argument is a Hydra override of the config in config/ (`lr=3e-4 arch.L_cycles=8`, `data=maze`,
+`arch=hrm_poh`, `+new_key=value`), composed as the reference's `@hydra.main` composes them. Any mistake,
+in an override or in a value, stops with one `error:` line naming it.
 """
 import logging
+import os
 import sys
+from typing import Any, Dict, List
 
-import hydra
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from models.config_validation import ConfigError
 from training.checkpointing import RunFolderError
@@ -16,13 +23,56 @@ from training.distributed import setup_distributed, teardown_distributed
 from training.loop import run_training
 from training.preemption import TrainingInterrupted
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+CONFIG_NAME = "cfg_pretrain"
 
-@hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)
-def main(hydra_config: DictConfig) -> None:
+
+def one_line(message: str) -> str:
+    """Hydra's and OmegaConf's messages on one line, without their debugging hints."""
+    kept = []
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("Set the environment variable", "Config search path")):
+            break
+        if line and not line.startswith(("full_key:", "object_type=", "reference_type=")):
+            kept.append(line.rstrip("."))
+    return "; ".join(kept)
+
+
+def unparsable_override(overrides: List[str]) -> str:
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException:
+            return override
+    return " ".join(overrides)
+
+
+def compose_config(overrides: List[str]) -> Dict[str, Any]:
+    """The training config from config/ and the command line's overrides, as plain values."""
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            config = compose(config_name=CONFIG_NAME, overrides=overrides)
+        return OmegaConf.to_container(config, resolve=True)
+    except MissingConfigException as e:  # e.g. data=mazze
+        options = f"; choose from {', '.join(e.options)}" if e.options else ""
+        raise ConfigError(f"{str(e).splitlines()[0]}{options}") from None
+    except OverrideParseException as e:  # e.g. lr=[1,
+        raise ConfigError(f"cannot parse the override {unparsable_override(overrides)!r}: {one_line(str(e))}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(one_line(str(e))) from None
+
+
+def main(argv: List[str] = None) -> None:
+    overrides = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(__doc__.strip())
+        return
     logging.basicConfig(level=logging.INFO)
     ctx = setup_distributed()
     try:
-        config = load_config(OmegaConf.to_container(hydra_config, resolve=True))
+        config = load_config(compose_config(overrides))
         if ctx.world_size > 1:
             # Run names are random: every rank takes rank 0's.
             names = [(config.project_name, config.run_name, config.checkpoint_path)]

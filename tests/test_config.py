@@ -27,7 +27,7 @@ def test_hrm_poh_arch_block_holds_the_typed_defaults_with_the_hrm_controller():
 
 def minimal_config(**arch_routing):
     arch = dict(read_yaml("arch", "hrm_v1.yaml"), puzzle_emb_ndim=512, routing=arch_routing)
-    values = {k: v for k, v in read_yaml("cfg_pretrain.yaml").items() if k not in ("defaults", "hydra")}
+    values = {k: v for k, v in read_yaml("cfg_pretrain.yaml").items() if k != "defaults"}
     return dict(values, arch=arch, data_path="data/x", checkpoint_path="run")
 
 

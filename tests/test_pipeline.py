@@ -149,6 +149,18 @@ def test_unknown_key_is_a_one_line_error(tiny_dataset):
     assert result.stderr.strip().splitlines() == ["error: invalid config: config.learning_rate: unknown key"]
 
 
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=3", "error: Could not override 'learning_rate'; To append to your config use +learning_rate=3"),
+    ("data=mazze", "error: In 'cfg_pretrain': Could not find 'data/mazze'; choose from arc1, arc2, demo, maze, sudoku, "
+                   "sudoku-full"),
+    ("lr=[1,", "error: cannot parse the override 'lr=[1,': no viable alternative at input '[1,'"),
+])
+def test_hydra_mistakes_are_one_line(override, message):
+    result = run_pretrain([override])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+
+
 def test_ill_typed_key_is_a_one_line_error(tiny_dataset):
     result = run_pretrain([f"data_path={tiny_dataset}", "arch.hidden_size=wide"])
     assert result.returncode == 2

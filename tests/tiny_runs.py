@@ -54,7 +54,6 @@ def make_config(data_path, *overrides, arch="hrm_v1"):
     """The validated training config pretrain.py would build from these overrides (tiny model)."""
     base = OmegaConf.load(os.path.join(REPO_ROOT, "config", "cfg_pretrain.yaml"))
     base.pop("defaults")
-    base.pop("hydra")
     base.arch = OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", f"{arch}.yaml"))
     base.arch.pop("defaults", None)
     if arch != "hrm_v1":
