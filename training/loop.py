@@ -6,7 +6,7 @@ import contextlib
 import os
 import shlex
 import signal
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -93,25 +93,23 @@ def log_train_metrics(train_metrics: TrainMetrics, logger: Optional[MetricsLogge
         logger.log({**reduced, "train/lr": lr}, step=step)
 
 
-def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedContext, fingerprint: str
-                    ) -> Optional[Dict[str, Any]]:
+def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedContext, fingerprint: str) -> None:
     """Make the run folder ready: continue a resumed run there (its state restored, its config checked,
-    metrics.jsonl carried on) or start a new one (never over an old run by accident).
+    metrics.jsonl carried on, the resume recorded) or start a new one (never over an old run by accident).
 
-    Returns the resume row recorded in metrics.jsonl, or None for a new run.
+    Every rank runs the checks, so a refusal stops them all; only rank 0 writes.
     """
     if not config.resume:
-        if ctx.is_main:
-            resume.prepare_new_run_folder(config)
+        resume.prepare_new_run_folder(config, clear=ctx.is_main)
         if ctx.world_size > 1:
             dist.barrier()
-        return None
+        return
     saved = checkpointing.load_saved_state(config.resume)
     changes = resume.compare_configs(saved["run"]["config"], config, saved["run"].get("data_fingerprint"),
                                      fingerprint)
     source_dir = checkpointing.run_folder_of(config.resume)
-    if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path) and ctx.is_main:
-        resume.prepare_new_run_folder(config)  # continuing into another folder: it must not hold a run
+    if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path):
+        resume.prepare_new_run_folder(config, clear=ctx.is_main)  # continuing elsewhere: no run there
     checkpointing.restore_train_state(saved, state, ctx)
     record = {"step": state.progress.step, "event": "resume", "from": checkpointing.resolve_resume_path(config.resume),
               "processes": [saved["world_size"], ctx.world_size],
@@ -121,7 +119,6 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
         resume.continue_metrics_file(source_dir, config.checkpoint_path, state.progress.step, record)
     if ctx.world_size > 1:
         dist.barrier()
-    return record
 
 
 def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:

@@ -34,8 +34,9 @@ def existing_run_files(run_dir: str) -> List[str]:
                   glob.glob(os.path.join(glob.escape(run_dir), checkpointing.TRAIN_STATE_FILE)))
 
 
-def prepare_new_run_folder(config: PretrainConfig) -> None:
-    """Refuse a folder that already holds a run, unless `overwrite_run=true`, which clears its run files.
+def prepare_new_run_folder(config: PretrainConfig, clear: bool) -> None:
+    """Refuse a folder that already holds a run, unless `overwrite_run=true`; then, if `clear` (one process
+    does), delete its run files.
 
     A folder with run files but neither a training state nor weights holds no run (one that died before
     its first save): its leftover logs are cleared, so the new run's metrics.jsonl starts empty."""
@@ -44,6 +45,8 @@ def prepare_new_run_folder(config: PretrainConfig) -> None:
         raise ConfigError(f"checkpoint_path {config.checkpoint_path!r} already holds a run "
                           f"({os.path.basename(found[0])}); continue it with resume={config.checkpoint_path!r}, "
                           f"or start afresh there with overwrite_run=true (deletes its run files)")
+    if not clear:
+        return
     for pattern in (*RUN_FILE_PATTERNS, "*.tmp"):
         for path in glob.glob(os.path.join(glob.escape(config.checkpoint_path), pattern)):
             os.remove(path)
