@@ -144,6 +144,8 @@ def main(argv=None) -> int:
         prefix = predictions_prefix(args.checkpoint)
         metrics = evaluate(maybe_compile(model, config, ctx), loader, metadata, ctx, save_outputs,
                            outputs_path=prefix)
+        if save_outputs and ctx.is_main:
+            print(f"saved {', '.join(save_outputs)} to {prefix}.<rank> ({ctx.world_size} file(s))", file=sys.stderr)
         if args.arc_vote and ctx.world_size > 1:
             dist.barrier()  # every rank's predictions are written
         if ctx.is_main:

@@ -64,7 +64,8 @@ def describe_example(dataset_dir: str, split_name: str, set_name: Optional[str],
     if prediction_row >= 0:
         shape_note = "" if example.prediction.shape == example.label.shape else \
             f", shape {example.prediction.shape} vs label {example.label.shape}"
-        lines += [f"prediction: {int(example.wrong.sum())} wrong cells (marked {WRONG_MARK}){shape_note}, halting "
+        wrong = int(example.wrong.sum())
+        lines += [f"prediction: {wrong} wrong cell{'' if wrong == 1 else 's'} (marked {WRONG_MARK}){shape_note}, halting "
                   f"probability {predictions.halt_probabilities[prediction_row]:.3f}",
                   text_grid(task, example.prediction, example.wrong)]
     elif predictions is not None:

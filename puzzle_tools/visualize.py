@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -85,9 +85,9 @@ class ReportBuilder:
                             "solved": all(entry["exact"] for entry in predicted) if predicted else None})
         return puzzles
 
-    def arc_puzzles(self, puzzle_set: PuzzleSet, test_puzzles: Dict[str, dict]) -> List[dict]:
+    def arc_puzzles(self, puzzle_set: PuzzleSet, test_puzzles: Dict[str, dict]) -> Tuple[List[dict], int]:
         """ARC sets: one entry per original puzzle, with its demonstrations, test pairs, voted answers and
-        a few of its versions' examples (the original version first)."""
+        a few of its versions' examples (the original version first); and how many originals the set has."""
         versions_of: Dict[str, List[int]] = {}
         for puzzle, identifier in enumerate(puzzle_set.puzzle_identifiers):
             versions_of.setdefault(parse_arc_version(self.split.identifier_name(int(identifier))).puzzle,
@@ -112,7 +112,7 @@ class ReportBuilder:
                                      for c in test.candidates[:ATTEMPTS]] for test in votes.tests[name]]
                 entry["solved"] = all(any(answer["exact"] for answer in answers) for answers in entry["answers"])
             puzzles.append(entry)
-        return puzzles
+        return puzzles, len(names)
 
     def votes(self, puzzle_names: List[str]) -> Optional[VoteResult]:
         # Votes are over the evaluation's test split only, where test_puzzles.json holds the answers.
@@ -124,10 +124,10 @@ class ReportBuilder:
         test_puzzles = read_test_puzzles(self.split.dataset_dir) if self.task.kind == ARC else {}
         sets = {}
         for name, puzzle_set in self.split.sets.items():
-            puzzles = (self.arc_puzzles(puzzle_set, test_puzzles) if self.task.kind == ARC
-                       else self.token_puzzles(puzzle_set))
-            sets[name] = {"num_examples": puzzle_set.num_examples, "num_puzzles": puzzle_set.num_puzzles,
-                          "puzzles": puzzles}
+            # ARC counts original puzzles (each holds its augmented versions); the other tasks count puzzles.
+            puzzles, num_puzzles = (self.arc_puzzles(puzzle_set, test_puzzles) if self.task.kind == ARC
+                                    else (self.token_puzzles(puzzle_set), puzzle_set.num_puzzles))
+            sets[name] = {"num_examples": puzzle_set.num_examples, "num_puzzles": num_puzzles, "puzzles": puzzles}
         return {"dataset": os.path.abspath(self.split.dataset_dir), "split": self.split.split,
                 "task": {"kind": self.task.kind, "rows": self.task.rows, "cols": self.task.cols},
                 "palette": list(ARC_PALETTE),
@@ -250,6 +250,10 @@ function verdict(exact) {
   return exact ? "right" : "wrong";
 }
 
+function count(number, noun) {
+  return number + " " + noun + (number === 1 ? "" : "s");
+}
+
 function exampleRow(example, withVersion) {
   const row = element("div", "pair");
   const givens = report.task.kind === "sudoku" ? example.input : null;
@@ -257,8 +261,11 @@ function exampleRow(example, withVersion) {
   row.appendChild(figure(where + ": input", example.input, null, givens));
   row.appendChild(figure("label", example.label, null, givens));
   if (example.prediction) {
-    const caption = "prediction, " + verdict(example.exact) + ", " + example.wrong.length +
-        " wrong cells, halt p " + example.halt_probability;
+    const shape = grid => grid.length + "x" + (grid.length ? grid[0].length : 0);
+    const size = shape(example.prediction) === shape(example.label) ? "" :
+        ", size " + shape(example.prediction) + " instead of " + shape(example.label);
+    const caption = "prediction, " + verdict(example.exact) + ", " + count(example.wrong.length, "wrong cell") +
+        size + ", halt p " + example.halt_probability;
     row.appendChild(figure(caption, example.prediction, example.wrong, givens));
   }
   return row;
@@ -281,7 +288,7 @@ function renderArc(puzzle, container) {
     if (answers) {
       if (!answers.length) row.appendChild(element("div", "caption", "no prediction"));
       answers.forEach((answer, rank) => row.appendChild(figure(
-          "attempt " + (rank + 1) + ", " + verdict(answer.exact) + ": " + answer.votes + " votes, mean halt p " +
+          "attempt " + (rank + 1) + ", " + verdict(answer.exact) + ": " + count(answer.votes, "vote") + ", mean halt p " +
           answer.halt_probability, answer.grid, answer.wrong)));
     }
     container.appendChild(row);

@@ -103,7 +103,7 @@ def test_sudoku_digits_and_blanks(tmp_path, capsys):
     assert code == 0
     assert out[1:3] == ["input:", ". . . 4 5 6 7 8 9"]
     assert out[11:13] == ["label:", "1 2 3 4 5 6 7 8 9"]
-    assert out[21:23] == ["prediction: 1 wrong cells (marked !), halting probability 0.500", "9!2 3 4 5 6 7 8 9"]
+    assert out[21:23] == ["prediction: 1 wrong cell (marked !), halting probability 0.500", "9!2 3 4 5 6 7 8 9"]
     assert len(out) == 31 and out[-1] == "9 1 2 3 4 5 6 7 8"
 
 

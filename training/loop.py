@@ -205,7 +205,7 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
                 raise interrupt(stop)
 
     if logger is not None:
-        logger.close()
+        logger.close(finished=True)
         print(run_summary(config.checkpoint_path, min(progress.step, state.total_steps), config.plots), flush=True)
     return eval_metrics
 
