@@ -69,7 +69,7 @@ def main(argv: List[str] = None) -> None:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(__doc__.strip())
         return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # as the reference logs
     ctx = setup_distributed()
     try:
         config = load_config(compose_config(overrides))
