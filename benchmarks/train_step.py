@@ -11,6 +11,7 @@ import time
 import torch
 
 from dataset.common import PuzzleDatasetMetadata
+from models.attention import resolve_backend
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
 from training.loop import create_train_state, train_step
@@ -75,7 +76,7 @@ def main():
     if ctx.is_main:
         result = dict(task=args.task, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
                       compiled=state.model is not state.base_model, dtype=args.dtype,
-                      attention_backend=state.base_model.model.inner.attention_backend,
+                      attention_backend=resolve_backend(args.attention_backend),
                       device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu",
                       steps_per_second=round(args.steps / elapsed, 3),
                       peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if ctx.device.type == "cuda" else None,
