@@ -66,12 +66,12 @@ import yaml
 from tqdm import tqdm
 
 from puzzle_tools.tool_io import OneLineArgumentParser
+from training.checkpointing import CONFIG_FILE
+from training.metrics_log import METRICS_FILE, read_metrics_rows
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO_ROOT, "pretrain.py")
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "all_config.yaml"
 MARKER_FILE = "sweep_run.json"
 STDOUT_LOG, STDERR_LOG = "sweep_stdout.log", "sweep_stderr.log"
 
@@ -327,17 +327,6 @@ def launch_run(spec: RunSpec, gpu: Optional[str]) -> RunOutcome:
     return RunOutcome(returncode, time.perf_counter() - start, last_line(stderr_path))
 
 
-def read_jsonl(path: str) -> List[dict]:
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash
-    return rows
-
-
 def median_of(rows: Sequence[dict], key: str) -> Optional[float]:
     values = [row[key] for row in rows if key in row]
     return statistics.median(values) if values else None
@@ -372,7 +361,7 @@ def summarize_run(spec: RunSpec, wall_time_s: float, fixed_overrides: str) -> Di
     metrics_path = os.path.join(spec.run_dir, METRICS_FILE)
     if not os.path.isfile(metrics_path):
         raise RunFailure(f"no {metrics_path}")
-    rows = read_jsonl(metrics_path)
+    rows = read_metrics_rows(metrics_path)
     train_rows = [row for row in rows if "train/lm_loss" in row]
     eval_rows = [row for row in rows
                  if any(k.endswith("/exact_accuracy") and not k.startswith("train/") for k in row)]

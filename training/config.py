@@ -6,11 +6,10 @@ from typing import Any, Dict, List, Optional
 
 import coolname
 import pydantic
-import yaml
 
 from models import validate_arch
 from models.config_validation import ConfigError, validate_config
-from training.checkpointing import CONFIG_FILE, run_folder_of
+from training.checkpointing import CONFIG_FILE, read_config, run_folder_of
 from training.evaluation import SAVABLE_OUTPUTS
 from training.routing_schedule import RoutingScheduleConfig
 
@@ -103,10 +102,9 @@ def load_config(values: Dict[str, Any]) -> PretrainConfig:
     validate_arch(config.arch)
     if config.resume and (config.project_name is None or config.run_name is None):
         # A resumed run keeps its names, as its folder's config records them.
-        saved_path = os.path.join(run_folder_of(config.resume), CONFIG_FILE)
-        if os.path.isfile(saved_path):
-            with open(saved_path) as f:
-                saved = yaml.safe_load(f) or {}
+        run_dir = run_folder_of(config.resume)
+        if os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+            saved = read_config(run_dir)
             config.project_name = config.project_name or saved.get("project_name")
             config.run_name = config.run_name or saved.get("run_name")
     if config.project_name is None:

@@ -3,7 +3,6 @@ run's config against the saved one, and carrying `metrics.jsonl` on without dupl
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,7 +10,7 @@ from dataset.common import dataset_fingerprint
 from models.config_validation import ConfigError
 from training import checkpointing
 from training.config import PretrainConfig
-from training.metrics_log import METRICS_FILE
+from training.metrics_log import METRICS_FILE, read_metrics_rows
 
 # Config keys that never change what a run computes: where it is written, how often it logs and saves,
 # and how it is compiled. `epochs` may grow to extend a run (README: "Resume"); `data_path` may move, as
@@ -102,15 +101,6 @@ def config_fingerprint(config: PretrainConfig) -> str:
 def continue_metrics_file(source_dir: str, run_dir: str, step: int, record: Dict[str, Any]) -> None:
     """Make `run_dir`'s metrics.jsonl the source run's rows up to `step` (later rows came from steps that
     are being run again), followed by `record`, the resume row."""
-    rows = []
     source = os.path.join(source_dir, METRICS_FILE)
-    if os.path.isfile(source):
-        with open(source) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash
-                if isinstance(row, dict) and row.get("step", 0) <= step:
-                    rows.append(row)
+    rows = [row for row in read_metrics_rows(source) if row.get("step", 0) <= step] if os.path.isfile(source) else []
     checkpointing.write_jsonl(os.path.join(run_dir, METRICS_FILE), rows + [record])
