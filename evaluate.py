@@ -21,11 +21,12 @@ from dataset.common import load_metadata
 from models.checkpoint import TRAIN_STATE_FILE, load_model_weights, read_state_dict
 from models.config_validation import ConfigError
 from training import checkpointing
-from training.build import create_loader, create_model, maybe_compile
+from training.build import create_loader, create_model
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
 from puzzle_tools.tool_io import OneLineArgumentParser
 from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate
+from training.fast_path import prepare_model
 
 DEFAULT_VOTE_KS = (1, 2, 10, 100, 1000)
 
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
         load_model_weights(model, state_dict)
         save_outputs = outputs_to_save(args, config.data_path)
         prefix = predictions_prefix(args.checkpoint)
-        metrics = evaluate(maybe_compile(model, config, ctx), loader, metadata, ctx, save_outputs,
+        metrics = evaluate(prepare_model(model, config, ctx.device), loader, metadata, ctx, save_outputs,
                            outputs_path=prefix)
         if save_outputs and ctx.is_main:
             print(f"saved {', '.join(save_outputs)} to {prefix}.<rank> ({ctx.world_size} file(s))", file=sys.stderr)

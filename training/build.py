@@ -85,10 +85,3 @@ def create_model(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: D
     return build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size, seq_len=metadata.seq_len,
                        vocab_size=metadata.vocab_size,
                        num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)
-
-
-def maybe_compile(model: nn.Module, config: PretrainConfig, ctx: DistributedContext) -> nn.Module:
-    """`torch.compile` on CUDA unless `compile=false` or DISABLE_COMPILE is set."""
-    if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
-        return torch.compile(model, dynamic=False)
-    return model

@@ -15,11 +15,12 @@ from dataset.common import PuzzleDatasetMetadata
 from dataset.puzzle_dataset import batches_per_round
 from models.losses import LossHeadOutput
 from training import checkpointing, resume
-from training.build import create_loader, create_model, ensure_dataset, maybe_compile, read_metadata
+from training.build import create_loader, create_model, ensure_dataset, read_metadata
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
 from training.evaluation import evaluate
+from training.fast_path import prepare_model
 from training.metrics import TrainMetrics
 from training.metrics_log import METRICS_FILE, MetricsLogger, flatten_eval_metrics, format_evaluation
 from training.optimization import build_optimizers, learning_rate
@@ -48,7 +49,7 @@ def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, 
     if ctx.world_size > 1:
         broadcast_from_main(list(base_model.parameters()) + list(base_model.buffers()))
     routing = RoutingSchedule(base_model, config.routing, total_steps) if base_model.routers() else None
-    return TrainState(model=maybe_compile(base_model, config, ctx), base_model=base_model,
+    return TrainState(model=prepare_model(base_model, config, ctx.device), base_model=base_model,
                       optimizers=build_optimizers(base_model.parameter_groups(), config, ctx.world_size),
                       total_steps=total_steps, routing=routing,
                       ema=WeightEMA(base_model, config.ema_rate) if config.ema else None)
