@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from models import build_model
-from models.checkpoint import COMPILED_PREFIX, load_model_weights, read_state_dict
+from models.checkpoint import COMPILED_PREFIX, load_model_weights
+from training.run_folder import read_weights
 from models.config_validation import ConfigError
 
 # The published architecture with the Sudoku dataset's sizes.
@@ -65,10 +66,10 @@ def test_reference_state_dict_with_compile_prefix_loads_strictly(tmp_path):
 
     torch.manual_seed(2)
     target = build_model(TINY, **TINY_SIZES)
-    assert load_model_weights(target, str(path)) == []
+    assert load_model_weights(target, read_weights(str(path))) == []
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
-    assert set(read_state_dict(str(path))) == set(source.state_dict())
+    assert set(read_weights(str(path))) == set(source.state_dict())
 
     # Same outputs as the source model.
     source.eval()
@@ -92,4 +93,4 @@ def test_mismatched_checkpoint_is_an_error_naming_keys():
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="step_3"):
-        read_state_dict(str(tmp_path / "step_3"))
+        read_weights(str(tmp_path / "step_3"))

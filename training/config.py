@@ -9,7 +9,7 @@ import pydantic
 
 from models import validate_arch
 from models.config_validation import ConfigError, validate_config
-from training.checkpointing import CONFIG_FILE, read_config, run_folder_of
+from training.run_folder import CONFIG_FILE, read_config, run_folder_of
 from training.evaluation import SAVABLE_OUTPUTS
 from training.routing_schedule import RoutingScheduleConfig
 

@@ -8,9 +8,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from dataset.common import dataset_fingerprint
 from models.config_validation import ConfigError
-from training import checkpointing
+from training import run_folder
 from training.config import PretrainConfig
-from training.metrics_log import METRICS_FILE, read_metrics_rows
 
 # Config keys that never change what a run computes: where it is written, how often it logs and saves,
 # and how it is compiled. `epochs` may grow to extend a run (README: "Resume"); `data_path` may move, as
@@ -20,17 +19,14 @@ KEYS_FREE_TO_CHANGE = {"project_name", "run_name", "checkpoint_path", "resume", 
                        "overwrite_run", "compile", "log_interval", "checkpoint_interval", "checkpoint_every_eval",
                        "eval_save_outputs", "data_build_command", "auto_build_data", "epochs", "eval_interval",
                        "data_path"}
-# What a new run deletes from a folder it may overwrite (`overwrite_run=true`): the files runs write.
-RUN_FILE_PATTERNS = ("step_*", checkpointing.TRAIN_STATE_FILE, checkpointing.CONFIG_FILE, METRICS_FILE,
-                     "routing_*.jsonl")
 
 
 def existing_run_files(run_dir: str) -> List[str]:
     """The files that make `run_dir` hold a run: its training state and `step_N` weights."""
     if not os.path.isdir(run_dir):
         return []
-    return sorted(glob.glob(os.path.join(glob.escape(run_dir), "step_*")) +
-                  glob.glob(os.path.join(glob.escape(run_dir), checkpointing.TRAIN_STATE_FILE)))
+    return sorted(path for pattern in run_folder.RUN_MARKER_PATTERNS
+                  for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)))
 
 
 def prepare_new_run_folder(config: PretrainConfig, clear: bool) -> None:
@@ -46,7 +42,7 @@ def prepare_new_run_folder(config: PretrainConfig, clear: bool) -> None:
                           f"or start afresh there with overwrite_run=true (deletes its run files)")
     if not clear:
         return
-    for pattern in (*RUN_FILE_PATTERNS, "*.tmp"):
+    for pattern in run_folder.RUN_FILE_PATTERNS:
         for path in glob.glob(os.path.join(glob.escape(config.checkpoint_path), pattern)):
             os.remove(path)
 
@@ -101,6 +97,6 @@ def config_fingerprint(config: PretrainConfig) -> str:
 def continue_metrics_file(source_dir: str, run_dir: str, step: int, record: Dict[str, Any]) -> None:
     """Make `run_dir`'s metrics.jsonl the source run's rows up to `step` (later rows came from steps that
     are being run again), followed by `record`, the resume row."""
-    source = os.path.join(source_dir, METRICS_FILE)
-    rows = [row for row in read_metrics_rows(source) if row.get("step", 0) <= step] if os.path.isfile(source) else []
-    checkpointing.write_jsonl(os.path.join(run_dir, METRICS_FILE), rows + [record])
+    source = os.path.join(source_dir, run_folder.METRICS_FILE)
+    rows = [row for row in run_folder.read_metrics(source) if row.get("step", 0) <= step] if os.path.isfile(source) else []
+    run_folder.write_jsonl(os.path.join(run_dir, run_folder.METRICS_FILE), rows + [record])
