@@ -7,6 +7,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from dataset.common import dataset_fingerprint
+from models import parse_arch
 from models.config_validation import ConfigError
 from training import run_folder
 from training.config import PretrainConfig
@@ -57,6 +58,16 @@ def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
+def _with_typed_arch(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The saved config with its arch as the running config holds it (defaults filled in), so an arch saved
+    with fewer keys compares equal to the same arch now. An arch this version no longer reads (a key moved
+    since) stays as saved: the comparison then names the keys that differ."""
+    try:
+        return dict(saved, arch=parse_arch(saved.get("arch") or {}).model_dump())
+    except ConfigError:
+        return saved
+
+
 def _allowed(key: str, allowed: List[str]) -> bool:
     return any(key == entry or key.startswith(f"{entry}.") for entry in allowed)
 
@@ -65,7 +76,7 @@ def compare_configs(saved: Dict[str, Any], config: PretrainConfig, saved_fingerp
                     fingerprint: str) -> Dict[str, Tuple[Any, Any]]:
     """The deliberate changes (key -> (saved, new)) of a resumed run's config; any other change of a key that
     alters the run's arithmetic is a ConfigError naming each key with both values."""
-    old, new = _flatten(saved), _flatten(config.model_dump())
+    old, new = _flatten(_with_typed_arch(saved)), _flatten(config.model_dump())
     differences = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
                    if old.get(key) != new.get(key) and key not in KEYS_FREE_TO_CHANGE}
     saved_epochs_per_round = saved.get("eval_interval") or saved.get("epochs")
