@@ -18,9 +18,10 @@ from typing import List, Optional
 import torch.distributed as dist
 
 from dataset.common import load_metadata
-from models.checkpoint import TRAIN_STATE_FILE, load_model_weights, read_state_dict
+from dataset.atomic_file import FileWriteError
+from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
-from training import checkpointing
+from training import run_folder
 from training.build import create_loader, create_model
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
@@ -98,14 +99,6 @@ def check_same_task(run_data_path: Optional[str], data_path: str) -> None:
                               f"trained on {getattr(trained, field)} ({run_data_path}): another task")
 
 
-def predictions_prefix(checkpoint: str) -> str:
-    """`<run>/step_N_all_preds` for a weights file `step_N` or for the run's train_state.pt (its step)."""
-    if os.path.basename(checkpoint) == TRAIN_STATE_FILE:
-        step = checkpointing.load_saved_state(checkpoint)["progress"]["step"]
-        return os.path.join(os.path.dirname(checkpoint), f"step_{step}_all_preds")
-    return f"{checkpoint}_all_preds"
-
-
 def outputs_to_save(args, data_path: str) -> List[str]:
     is_arc = os.path.isfile(os.path.join(data_path, "test_puzzles.json"))
     save_predictions = args.save_predictions if args.save_predictions is not None else is_arc or args.arc_vote
@@ -120,7 +113,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
         run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
-        values = checkpointing.read_config(run_dir)
+        values = run_folder.read_config(run_dir)
         run_data_path = None
         try:
             run_data_path = find_data_path(str(values.get("data_path")), run_dir)
@@ -135,14 +128,14 @@ def main(argv=None) -> int:
         if args.no_compile:
             values["compile"] = False
         config = load_config(values)
-        state_dict = read_state_dict(args.checkpoint)
+        state_dict = run_folder.read_weights(args.checkpoint)
         loader, metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
         if args.data_path:
             check_same_task(run_data_path, args.data_path)
         model = create_model(config, metadata, ctx)
         load_model_weights(model, state_dict)
         save_outputs = outputs_to_save(args, config.data_path)
-        prefix = predictions_prefix(args.checkpoint)
+        prefix = run_folder.predictions_prefix_of(args.checkpoint)
         metrics = evaluate(prepare_model(model, config, ctx.device), loader, metadata, ctx, save_outputs,
                            outputs_path=prefix)
         if save_outputs and ctx.is_main:
@@ -154,7 +147,7 @@ def main(argv=None) -> int:
                 from puzzle_tools.arc_vote import vote
                 metrics = dict(metrics, arc_vote=vote(config.data_path, prefix, args.vote_k))
             print(json.dumps(metrics, indent=2))
-    except (ConfigError, FileNotFoundError, ValueError, checkpointing.RunFolderError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, run_folder.RunFolderError, FileWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

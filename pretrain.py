@@ -6,6 +6,7 @@ in an override or in a value, stops with one `error:` line naming it.
 """
 import logging
 import os
+import shlex
 import sys
 from typing import Any, Dict, List
 
@@ -16,11 +17,14 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dataset.atomic_file import FileWriteError
 from models.config_validation import ConfigError
-from training.checkpointing import RunFolderError
+from puzzle_tools.plot_run import plot_runs
+from puzzle_tools.tool_io import ToolInputError
+from training import run_folder
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.loop import run_training
+from training.loop import FinishedRun, run_training
 from training.preemption import TrainingInterrupted
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
@@ -64,6 +68,23 @@ def compose_config(overrides: List[str]) -> Dict[str, Any]:
         raise ConfigError(one_line(str(e))) from None
 
 
+def run_summary(run: FinishedRun, draw_plots: bool) -> str:
+    """The closing lines of a run: where its weights, metrics and plots are (paths quoted: names have spaces)."""
+    run_dir = run.run_dir
+    lines = [f"run finished at step {run.step}: {shlex.quote(run_dir)}",
+             f"  weights: {shlex.quote(run_folder.weights_path(run_dir, run.step))}",
+             f"  metrics: {shlex.quote(os.path.join(run_dir, run_folder.METRICS_FILE))}"]
+    if not draw_plots:
+        lines.append(f"  plots:   python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
+        return "\n".join(lines)
+    try:
+        plots = plot_runs([run_dir], run_dir)
+        lines.append(f"  plots:   {' '.join(shlex.quote(path) for path in plots)}")
+    except (ToolInputError, FileWriteError) as e:  # matplotlib missing, or the folder not writable
+        lines.append(f"  plots:   not drawn ({e}); later: python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
+    return "\n".join(lines)
+
+
 def main(argv: List[str] = None) -> None:
     overrides = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in overrides):
@@ -80,13 +101,15 @@ def main(argv: List[str] = None) -> None:
             config.project_name, config.run_name, config.checkpoint_path = names[0]
         if ctx.is_main:
             print(f"[{ctx.world_size} process(es), device {ctx.device}] run folder: {config.checkpoint_path}", flush=True)
-        run_training(config, ctx)
+        finished = run_training(config, ctx)
+        if finished is not None and ctx.is_main:
+            print(run_summary(finished, config.plots), flush=True)
     except TrainingInterrupted as e:
         if ctx.is_main:
             print(e, file=sys.stderr)
         teardown_distributed()
         sys.exit(e.exit_code)
-    except (ConfigError, FileNotFoundError, RunFolderError) as e:
+    except (ConfigError, FileNotFoundError, run_folder.RunFolderError, FileWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         teardown_distributed()
         sys.exit(2)

@@ -55,6 +55,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from dataset.atomic_file import write_text
 from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, dihedral_transform,
                             run_builder, save_identifiers, save_split, split_file)
 
@@ -344,21 +345,6 @@ def convert_archive(archive: bytes, repository: PuzzleRepository, url: str) -> D
     return converted
 
 
-def write_new_json(path: str, content) -> None:
-    """Write `path`, which must not exist, under a temporary name first: no reader sees half a file."""
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "x") as f:
-            json.dump(content, f)
-        os.rename(temporary, path)
-    except BaseException as e:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        if isinstance(e, OSError):  # no permission, disk full
-            raise DatasetBuildError(f"{path}: cannot write ({e.strerror})") from None
-        raise
-
-
 def download_arc_data(arc_data: str) -> None:
     """Fill the --arc-data folder: fetch each repository with a subset file missing there and write the
     missing files. Existing files are never replaced."""
@@ -382,7 +368,7 @@ def download_arc_data(arc_data: str) -> None:
                 if os.path.exists(path):
                     print(f"kept existing {path}")
                 else:
-                    write_new_json(path, content)
+                    write_text(path, json.dumps(content))
                     print(f"wrote {path} ({len(content)} puzzles)")
 
 

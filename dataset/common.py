@@ -16,6 +16,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import pydantic
 
+from dataset.atomic_file import FileWriteError
+
 # Label value the losses skip (PyTorch's cross-entropy default); `ignore_label_id` maps to it at load.
 IGNORE_LABEL_ID = -100
 
@@ -267,9 +269,10 @@ def dataset_fingerprint(dataset_dir: str, sample_bytes: int = 1 << 16) -> str:
 
 
 def run_builder(main: Callable[[], None]) -> None:
-    """Run a builder's main; a DatasetBuildError becomes one `error: ...` line and exit status 2."""
+    """Run a builder's main; a DatasetBuildError or an unwritable file becomes one `error: ...` line and
+    exit status 2."""
     try:
         main()
-    except DatasetBuildError as e:
+    except (DatasetBuildError, FileWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

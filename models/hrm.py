@@ -21,16 +21,13 @@ logger = logging.getLogger(__name__)
 Batch = Dict[str, torch.Tensor]
 
 
-class HRMConfig(pydantic.BaseModel):
-    """Architecture of `hrm_v1`, with the reference's key names and defaults."""
+class HRMArchConfig(pydantic.BaseModel):
+    """Architecture of `hrm_v1` as a run config's `arch` block sets it, with the reference's key names and
+    defaults; the sizes that come from the dataset are HRMConfig's."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    batch_size: int = pydantic.Field(gt=0, description="sequences per rank")
-    seq_len: int = pydantic.Field(gt=0)
     puzzle_emb_ndim: int = pydantic.Field(0, ge=0, description="0 disables the puzzle embedding")
-    num_puzzle_identifiers: int = pydantic.Field(gt=0)
-    vocab_size: int = pydantic.Field(gt=0)
     H_cycles: int = pydantic.Field(gt=0)
     L_cycles: int = pydantic.Field(gt=0)
     H_layers: int = pydantic.Field(gt=0)
@@ -48,10 +45,19 @@ class HRMConfig(pydantic.BaseModel):
     routing: RoutingConfig = RoutingConfig()
 
     @pydantic.model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "HRMConfig":
+    def _heads_divide_hidden(self) -> "HRMArchConfig":
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
+
+
+class HRMConfig(HRMArchConfig):
+    """The architecture with the sizes its dataset and batch give it."""
+
+    batch_size: int = pydantic.Field(gt=0, description="sequences per rank")
+    seq_len: int = pydantic.Field(gt=0)
+    num_puzzle_identifiers: int = pydantic.Field(gt=0)
+    vocab_size: int = pydantic.Field(gt=0)
 
     @property
     def puzzle_emb_len(self) -> int:

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from puzzle_tools.dataset_reader import IDENTIFIERS_FILE, TEST_PUZZLES_FILE, DatasetSplit, read_split, read_test_puzzles
 from puzzle_tools.grids import ARC, ArcVersion, crop_arc_canvas, parse_arc_version, to_original_frame
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import ToolInputError, exit_code_of, write_text_atomically
+from puzzle_tools.tool_io import ToolInputError, exit_code_of
+from training.run_folder import write_text
 
 DEFAULT_KS = (1, 2, 10, 100, 1000)
 TEST_SPLIT = "test"
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     def run() -> None:
         result = vote_predictions(args.dataset, args.predictions)
         if args.submission:
-            write_text_atomically(args.submission, json.dumps(submission(result)))
+            write_text(args.submission, json.dumps(submission(result)))
         print(json.dumps(score(result, args.k), indent=2))
 
     return exit_code_of(run)

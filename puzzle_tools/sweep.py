@@ -66,8 +66,7 @@ import yaml
 from tqdm import tqdm
 
 from puzzle_tools.tool_io import OneLineArgumentParser
-from training.checkpointing import CONFIG_FILE
-from training.metrics_log import METRICS_FILE, read_metrics_rows
+from training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolderError, read_metrics, write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO_ROOT, "pretrain.py")
@@ -288,10 +287,7 @@ def read_marker(run_dir: str) -> Optional[dict]:
 
 
 def write_marker(run_dir: str, marker: dict) -> None:
-    path = os.path.join(run_dir, MARKER_FILE)
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(marker, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    write_text(os.path.join(run_dir, MARKER_FILE), json.dumps(marker, indent=1))
 
 
 def check_run_folders(specs: Sequence[RunSpec], csv_path: str) -> None:
@@ -361,7 +357,10 @@ def summarize_run(spec: RunSpec, wall_time_s: float, fixed_overrides: str) -> Di
     metrics_path = os.path.join(spec.run_dir, METRICS_FILE)
     if not os.path.isfile(metrics_path):
         raise RunFailure(f"no {metrics_path}")
-    rows = read_metrics_rows(metrics_path)
+    try:
+        rows = read_metrics(metrics_path)
+    except RunFolderError as e:
+        raise RunFailure(str(e)) from None
     train_rows = [row for row in rows if "train/lm_loss" in row]
     eval_rows = [row for row in rows
                  if any(k.endswith("/exact_accuracy") and not k.startswith("train/") for k in row)]

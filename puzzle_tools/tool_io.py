@@ -1,13 +1,11 @@
-"""How the puzzle tools fail and write: bad input is one `error: ...` line and exit status 2, and every
-output file appears whole or not at all."""
+"""How the puzzle tools fail: bad input is one `error: ...` line and exit status 2."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable, NoReturn
 
-from training.checkpointing import RunFolderError, atomic_path
+from training.run_folder import FileWriteError, RunFolderError
 
 INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
 
@@ -25,31 +23,11 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def exit_code_of(run: Callable[[], None]) -> int:
-    """Run a tool's work: 0 when it succeeds, INPUT_ERROR_EXIT_CODE with one `error:` line on bad input."""
+    """Run a tool's work: 0 when it succeeds, INPUT_ERROR_EXIT_CODE with one `error:` line on bad input or
+    an unwritable output."""
     try:
         run()
-    except ToolInputError as e:
+    except (ToolInputError, RunFolderError, FileWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return INPUT_ERROR_EXIT_CODE
     return 0
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)` for a file beside `path`, then rename it into place (the run folders'
-    atomic write), so no reader ever sees half a file; an unwritable path is a ToolInputError."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with atomic_path(path) as temporary:
-            write(temporary)
-    except OSError as e:
-        raise ToolInputError(f"{path}: cannot write ({e.strerror or e})") from None
-    except RunFolderError as e:
-        raise ToolInputError(str(e)) from None
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    def write(temporary: str) -> None:
-        with open(temporary, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    write_atomically(path, write)

@@ -26,7 +26,8 @@ from puzzle_tools.arc_vote import ATTEMPTS, TEST_SPLIT, VoteResult, rank_answers
 from puzzle_tools.dataset_reader import DatasetSplit, PuzzleSet, read_split, read_test_puzzles
 from puzzle_tools.grids import ARC, ARC_PALETTE, decode_example, is_exact, parse_arc_version, wrong_cells
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import exit_code_of, write_text_atomically
+from puzzle_tools.tool_io import exit_code_of
+from training.run_folder import write_text
 
 DEFAULT_MAX_PUZZLES = 200
 DEFAULT_MAX_EXAMPLES = 4
@@ -410,7 +411,7 @@ def main(argv=None) -> int:
     def run() -> None:
         report = build_report(args.dataset, args.split, args.predictions, args.max_puzzles, args.max_examples,
                               args.seed)
-        write_text_atomically(args.out, render_html(report))
+        write_text(args.out, render_html(report))
         print(json.dumps(os.path.abspath(args.out)))
 
     return exit_code_of(run)

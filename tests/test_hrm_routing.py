@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, parse_arch
 from models.checkpoint import load_model_weights
 from models.routing import HRMState
 from models.checkpoint import routing_keys as model_routing_keys
@@ -21,7 +21,7 @@ CONTROLLERS = ["classical", "hrm", "hrm_act"]
 
 def make_model(controller="none", seed=0, **routing):
     torch.manual_seed(seed)
-    return build_model(dict(ARCH, routing=dict(controller=controller, **routing)), **SIZES)
+    return build_model(parse_arch(dict(ARCH, routing=dict(controller=controller, **routing))), **SIZES)
 
 
 def make_batch(seed=1):

@@ -14,6 +14,7 @@ from models.config_validation import ConfigError
 from training.distributed import DistributedContext
 from training.loop import run_training
 from training.preemption import TrainingInterrupted
+from training.resume import compare_configs
 
 from conftest import REPO_ROOT
 from tiny_runs import (ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretrain, torchrun, train_losses,
@@ -183,3 +184,15 @@ def test_resume_with_another_number_of_processes_equals_the_uninterrupted_run(ti
         assert resumed[step] == pytest.approx(expected[step], abs=1e-5), step
     rows = read_metrics(tmp_path / "run")
     assert [row["processes"] for row in rows if row.get("event") == "resume"] == [[first, second]]
+
+
+def test_an_arch_saved_with_fewer_keys_is_the_same_typed_arch(tiny_dataset):
+    # A saved run's arch holds the keys its config set; the running config's typed arch has every default.
+    config = make_config(tiny_dataset, "checkpoint_path=unused")
+    saved = config.model_dump()
+    saved["arch"] = {key: value for key, value in saved["arch"].items()
+                     if key not in ("rms_norm_eps", "rope_theta", "attention_backend", "routing")}
+    assert compare_configs(saved, config, None, "unused") == {}
+    saved["arch"]["rope_theta"] = 500.0
+    with pytest.raises(ConfigError, match=r"arch.rope_theta: saved 500.0, now 10000.0"):
+        compare_configs(saved, config, None, "unused")

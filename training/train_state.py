@@ -1,10 +1,10 @@
-"""What a training run holds between steps, and its state dicts: shared state (weights, optimizers,
-progress) and each process's own (its ACT carry and random generators)."""
+"""What a training run holds between steps: the shared state (weights, optimizers, progress) and each
+process's own (its ACT carry and random generators), and how each is restored."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from torch import nn
 from models.checkpoint import load_model_weights
 from training.ema import WeightEMA
 from training.routing_schedule import RoutingSchedule
+
+if TYPE_CHECKING:  # the run folder's file format, which itself holds a TrainProgress
+    from training.run_folder import SavedTrainState
 
 
 def join_and_split_carries(carries: List[Any], world_size: int, rank: int) -> Any:
@@ -58,13 +61,6 @@ class TrainProgress:
     rounds_done: int = 0
     batches_done_in_round: int = 0
 
-    def state_dict(self) -> Dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        for name, value in state.items():
-            setattr(self, name, int(value))
-
 
 @dataclass
 class TrainState:
@@ -77,29 +73,22 @@ class TrainState:
     progress: TrainProgress = field(default_factory=TrainProgress)
     carry: Any = None  # this process's ACT carry
 
-    def state_dict(self) -> Dict[str, Any]:
-        """The state every process shares (identical on all ranks)."""
-        state = {"model": self.base_model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
-                 "progress": self.progress.state_dict()}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        load_model_weights(self.base_model, state["model"])
-        if len(state["optimizers"]) != len(self.optimizers):
-            raise ValueError(f"the saved state has {len(state['optimizers'])} optimizers, this model needs "
+    def load_saved(self, saved: "SavedTrainState") -> None:
+        """Take the state every process shares (weights, optimizers, progress, average) from a saved run."""
+        load_model_weights(self.base_model, saved.model)
+        if len(saved.optimizers) != len(self.optimizers):
+            raise ValueError(f"the saved state has {len(saved.optimizers)} optimizers, this model needs "
                              f"{len(self.optimizers)}")
-        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+        for optimizer, optimizer_state in zip(self.optimizers, saved.optimizers):
             # The moments come from the saved state; the settings (base_lr, weight decay, betas) from this
             # run's config, so a deliberate change on resume is used, not silently replaced by the saved one.
             settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
             optimizer.load_state_dict(optimizer_state)
             for group, group_settings in zip(optimizer.param_groups, settings):
                 group.update(group_settings)
-        self.progress.load_state_dict(state["progress"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        self.progress = dataclasses.replace(saved.progress)
+        if self.ema is not None and saved.ema is not None:
+            self.ema.load_state_dict(saved.ema)
         elif self.ema is not None:  # averaging switched on at resume (resume_allow_changes=[ema]): start here
             self.ema = WeightEMA(self.base_model, self.ema.rate)
 
