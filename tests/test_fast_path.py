@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, parse_arch
 from training.evaluation import evaluate
 from training.fast_path import GraphReplayedModel, prepare_model, uses_fast_path
 from training.distributed import DistributedContext
@@ -40,7 +40,7 @@ def batches(count, device, generator_seed=0):
 
 
 def test_cpu_always_takes_the_plain_path():
-    model = build_model(dict(ARCH, forward_dtype="float32"), **SIZES)
+    model = build_model(parse_arch(dict(ARCH, forward_dtype="float32")), **SIZES)
     cpu = torch.device("cpu")
     assert not uses_fast_path(config(), cpu)
     assert prepare_model(model, config(), cpu) is model
@@ -56,7 +56,7 @@ def test_fast_path_needs_compile_and_its_key():
 def test_graph_replayed_model_hands_back_a_copy_of_the_carry():
     """What the wrapper adds, checked without a GPU: same result, a carry in memory of its own."""
     torch.manual_seed(0)
-    model = build_model(dict(ARCH, forward_dtype="float32"), **SIZES)
+    model = build_model(parse_arch(dict(ARCH, forward_dtype="float32")), **SIZES)
     wrapped = GraphReplayedModel(model)
     batch = batches(1, "cpu")[0]
     carry = model.initial_carry(batch)
@@ -92,7 +92,7 @@ def run_steps(model, base_model, steps):
 
 def two_paths():
     torch.manual_seed(0)
-    plain_model = build_model(ARCH, **SIZES).cuda()
+    plain_model = build_model(parse_arch(ARCH), **SIZES).cuda()
     fast_model = copy.deepcopy(plain_model)
     return (plain_model, prepare_model(plain_model, config(fast_path=False), torch.device("cuda")),
             fast_model, prepare_model(fast_model, config(), torch.device("cuda")))
