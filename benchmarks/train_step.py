@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from models.attention import resolve_backend
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed

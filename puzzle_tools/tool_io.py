@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Callable, NoReturn
 
+from dataset.format import DatasetFormatError
 from training.checkpointing import RunFolderError, atomic_path
 
 INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
@@ -28,7 +29,7 @@ def exit_code_of(run: Callable[[], None]) -> int:
     """Run a tool's work: 0 when it succeeds, INPUT_ERROR_EXIT_CODE with one `error:` line on bad input."""
     try:
         run()
-    except ToolInputError as e:
+    except (ToolInputError, DatasetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return INPUT_ERROR_EXIT_CODE
     return 0
