@@ -6,7 +6,6 @@ import contextlib
 import csv
 import glob
 import hashlib
-import json
 import os
 import shutil
 import sys
