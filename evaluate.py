@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import torch.distributed as dist
 
-from dataset.common import load_metadata
 from dataset.atomic_file import FileWriteError
+from dataset.format import metadata_file, read_metadata
 from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
 from training import run_folder
@@ -90,9 +90,9 @@ def find_data_path(data_path: str, run_dir: str) -> str:
 
 def check_same_task(run_data_path: Optional[str], data_path: str) -> None:
     """Refuse a dataset whose sequences or vocabulary differ from those the run trained on."""
-    if run_data_path is None or not os.path.isfile(os.path.join(run_data_path, "test", "dataset.json")):
+    if run_data_path is None or not os.path.isfile(metadata_file(run_data_path, "test")):
         return  # the run's own dataset is gone: the weights' shapes are the remaining check
-    trained, given = load_metadata(run_data_path, "test"), load_metadata(data_path, "test")
+    trained, given = read_metadata(run_data_path, "test"), read_metadata(data_path, "test")
     for field in ("seq_len", "vocab_size"):
         if getattr(trained, field) != getattr(given, field):
             raise ConfigError(f"--data-path {data_path}: {field} is {getattr(given, field)}, but the model was "

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from models.attention import resolve_backend
 from training import fast_path
 from training.config import load_config

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.common import IGNORE_LABEL_ID
+from dataset.format import IGNORE_LABEL_ID
 from models.hrm import ACTCarry, Batch, ParameterGroups
 from models.routing import Controller, RoutingOutput
 

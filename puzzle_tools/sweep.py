@@ -65,6 +65,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from tqdm import tqdm
 
+from dataset.format import read_metadata
 from puzzle_tools.tool_io import OneLineArgumentParser
 from training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolderError, read_metrics, write_text
 
@@ -333,9 +334,8 @@ def config_tokens_per_step(run_dir: str) -> Optional[int]:
     try:
         with open(os.path.join(run_dir, CONFIG_FILE)) as f:
             config = yaml.safe_load(f)
-        with open(os.path.join(config["data_path"], "train", "dataset.json")) as f:
-            return int(config["global_batch_size"]) * int(json.load(f)["seq_len"])
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return int(config["global_batch_size"]) * read_metadata(config["data_path"], "train").seq_len
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # DatasetFormatError is a ValueError
         return None
 
 

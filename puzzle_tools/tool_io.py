@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
+from dataset.format import DatasetFormatError
 from training.run_folder import FileWriteError, RunFolderError
 
 INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
@@ -27,7 +28,7 @@ def exit_code_of(run: Callable[[], None]) -> int:
     an unwritable output."""
     try:
         run()
-    except (ToolInputError, RunFolderError, FileWriteError) as e:
+    except (ToolInputError, RunFolderError, FileWriteError, DatasetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return INPUT_ERROR_EXIT_CODE
     return 0

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import evaluate
-from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
-from dataset.puzzle_dataset import DatasetFormatError, create_dataloader
+from dataset.common import atomic_output_dir
+from dataset.format import DatasetFormatError, PuzzleDatasetMetadata, save_identifiers, save_split
+from dataset.puzzle_dataset import create_dataloader
 from models import build_model
 from training.distributed import DistributedContext
 from training.loop import run_training
@@ -108,9 +109,9 @@ def test_training_on_a_damaged_dataset_stops_before_any_step(tmp_path):
 
 
 def test_large_token_arrays_are_checked_at_sampled_rows(tmp_path, monkeypatch):
-    import dataset.puzzle_dataset as puzzle_dataset
-    monkeypatch.setattr(puzzle_dataset, "FULL_CHECK_BYTES", 64)  # the tiny arrays count as large
-    monkeypatch.setattr(puzzle_dataset, "SAMPLED_ROWS", 5)  # rows 0, 23 (23.75), 47, 71, 95
+    import dataset.format
+    monkeypatch.setattr(dataset.format, "FULL_CHECK_BYTES", 64)  # the tiny arrays count as large
+    monkeypatch.setattr(dataset.format, "SAMPLED_ROWS", 5)  # rows 0, 23 (23.75), 47, 71, 95
     folder = tmp_path / "data"
     write_tiny_dataset(str(folder))
     inputs = np.load(folder / "train" / "all__inputs.npy")

@@ -8,7 +8,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
+from dataset.common import atomic_output_dir
+from dataset.format import PuzzleDatasetMetadata, save_identifiers, save_split
 from training.config import load_config
 
 TINY_OVERRIDES = [

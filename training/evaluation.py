@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from models.routing import RoutingOutput
 from training import run_folder
 from training.distributed import DistributedContext

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from dataset.puzzle_dataset import batches_per_round
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
