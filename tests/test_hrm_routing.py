@@ -103,17 +103,17 @@ def test_only_the_last_calls_carry_gradient_to_the_controllers(controller):
     assert levels["H"].alphas.shape == (4, 2, 4) and levels["L"].alphas.shape == (4, 4, 4)
     assert not levels["H"].alphas.requires_grad
     for level in ("H", "L"):
-        expected = {"routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature"}
+        expected = {"entropy_mean", "entropy_std", "herfindahl", "top1_share", "temperature"}
         if controller != "classical":
-            expected.add("n_H_updates")
+            expected.add("slow_updates")
         if controller == "hrm_act":
             expected.add("ponder_cost")
-        assert set(levels[level].diagnostics) == expected
-        assert levels[level].diagnostics["temperature"].item() == pytest.approx(2.0)
+        assert set(levels[level].diagnostics.figures()) == expected
+        assert levels[level].diagnostics.temperature.item() == pytest.approx(2.0)
     # Every call of the step updated the slow state of every sequence: 2 H calls and 4 L calls, 4 sequences.
     if controller != "classical":
-        assert levels["H"].diagnostics["n_H_updates"].item() == 2 * 4
-        assert levels["L"].diagnostics["n_H_updates"].item() == 4 * 4
+        assert levels["H"].diagnostics.slow_updates.item() == 2 * 4
+        assert levels["L"].diagnostics.slow_updates.item() == 4 * 4
     assert (result.routing.ponder_cost is not None) == (controller == "hrm_act")
 
 
@@ -142,9 +142,14 @@ def test_model_offers_its_routers_and_parameter_groups():
     assert not {id(p) for p in groups.weights} & router_ids
     assert any(t is routed.model.inner.puzzle_emb.weights for t in groups.puzzle_embedding)
     assert model_routing_keys(routed) == set(routing_keys(routed)) and model_routing_keys(plain) == set()
-    routed.set_routing_temperature(1.3)
+
+
+def test_schedule_sets_every_routers_temperature_floored_at_its_minimum():
+    routed = make_model("hrm")
+    RoutingSchedule(routed, RoutingScheduleConfig(temperature_init=1.3), total_steps=10).before_step(1)
     assert [router.temperature for router in routed.routers().values()] == [1.3, 1.3]
-    routed.set_routing_temperature(0.1, minimum=0.4)
+    RoutingSchedule(routed, RoutingScheduleConfig(temperature_init=0.1, temperature_min=0.4),
+                    total_steps=10).before_step(1)
     assert [router.temperature for router in routed.routers().values()] == [0.4, 0.4]
 
 
