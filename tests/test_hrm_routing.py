@@ -6,6 +6,7 @@ from models import build_model
 from models.checkpoint import load_model_weights
 from models.routing import HRMState
 from models.checkpoint import routing_keys as model_routing_keys
+from training.metrics import Reduction, named_step_metrics
 from training.optimization import build_optimizers
 from training.routing_schedule import RoutingSchedule, RoutingScheduleConfig
 
@@ -115,6 +116,18 @@ def test_only_the_last_calls_carry_gradient_to_the_controllers(controller):
         assert levels["H"].diagnostics.slow_updates.item() == 2 * 4
         assert levels["L"].diagnostics.slow_updates.item() == 4 * 4
     assert (result.routing.ponder_cost is not None) == (controller == "hrm_act")
+
+
+def test_routing_figures_are_logged_under_the_names_older_runs_used():
+    model = make_model("hrm_act")
+    batch = make_batch()
+    result = model(carry=model.initial_carry(batch), batch=batch)
+    routing_names = {name: reduction for name, _, reduction in named_step_metrics(result.metrics, result.routing)
+                     if name.startswith("routing/")}
+    assert set(routing_names) == {f"routing/{name}_{level}" for level in ("H", "L") for name in (
+        "routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature", "n_H_updates",
+        "ponder_cost")}
+    assert set(routing_names.values()) == {Reduction.MEAN}
 
 
 def test_entropy_bonus_and_ponder_cost_enter_the_loss():
