@@ -90,9 +90,6 @@ class ACTLossHead(nn.Module):
     def parameter_groups(self) -> ParameterGroups:
         return self.model.parameter_groups()
 
-    def set_routing_temperature(self, temperature: float, minimum: Optional[float] = None) -> None:
-        self.model.set_routing_temperature(temperature, minimum)
-
     def set_routing_loss_weights(self, entropy: float, ponder: float) -> None:
         """Weights of the entropy bonus and the ponder cost (in-place: a compiled model does not recompile)."""
         self.routing_entropy_weight.fill_(entropy)

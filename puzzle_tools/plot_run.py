@@ -21,7 +21,9 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from models.hrm import LEVELS
 from puzzle_tools.tool_io import ToolInputError, exit_code_of
+from training.metrics import TRAIN_PREFIX, routing_metric_name
 from training.run_folder import METRICS_FILE, atomic_path, read_metrics
 
 try:
@@ -30,7 +32,6 @@ try:
 except ImportError:  # the optional `plot` extra
     Figure = None
 
-TRAIN_PREFIX = "train/"
 EVALUATION_MARKERS = ("o", "s", "^", "D", "v")
 METRIC_LINE_STYLES = ("-", "--", ":", "-.")
 PANEL_SIZE_INCHES = (6.0, 4.0)
@@ -50,9 +51,9 @@ FIGURES: Dict[str, Tuple[Panel, ...]] = {
     "accuracy": (Panel("token accuracy", (("accuracy", ""),)),
                  Panel("exact accuracy", (("exact_accuracy", ""),))),
     "lr": (Panel("learning rate", (("lr", ""),), with_evaluations=False),),
-    "routing": (Panel("routing entropy (mean)", (("routing/routing_entropy_mean_H", "H"),
-                                                 ("routing/routing_entropy_mean_L", "L")), with_evaluations=False),
-                Panel("top-1 head share", (("routing/top1_share_H", "H"), ("routing/top1_share_L", "L")),
+    "routing": (Panel("routing entropy (mean)", tuple((routing_metric_name("entropy_mean", level), level)
+                                                      for level in LEVELS), with_evaluations=False),
+                Panel("top-1 head share", tuple((routing_metric_name("top1_share", level), level) for level in LEVELS),
                       with_evaluations=False)),
 }
 

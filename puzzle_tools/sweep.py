@@ -66,7 +66,10 @@ import yaml
 from tqdm import tqdm
 
 from dataset.format import read_metadata
+from models.hrm import LEVELS
+from models.routing import RoutingDiagnostics
 from puzzle_tools.tool_io import OneLineArgumentParser
+from training.metrics import TRAIN_PREFIX, routing_metric_name
 from training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolderError, read_metrics, write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,11 +87,11 @@ ROUTING_TAIL_ROWS = 5
 MEASURED_COLUMNS = ("train_time_s", "steps_per_s", "tokens_per_s", "peak_gpu_mem_gib")
 ROUTING_COLUMNS = ("routing_entropy", "head_concentration", "top1_share", "n_H_updates")
 TRAILING_COLUMNS = ("fixed_overrides", "run_dir")
-# CSV column -> logged routing diagnostic (per level) and how the levels combine.
-ROUTING_SOURCES = {"routing_entropy": ("routing_entropy_mean", "mean"),
-                   "head_concentration": ("head_herfindahl", "mean"),
+# CSV column -> routing diagnostic (a RoutingDiagnostics field, logged per level) and how the levels combine.
+ROUTING_SOURCES = {"routing_entropy": ("entropy_mean", "mean"),
+                   "head_concentration": ("herfindahl", "mean"),
                    "top1_share": ("top1_share", "mean"),
-                   "n_H_updates": ("n_H_updates", "sum")}
+                   "n_H_updates": ("slow_updates", "sum")}
 
 
 class SweepError(Exception):
@@ -339,13 +342,20 @@ def config_tokens_per_step(run_dir: str) -> Optional[int]:
         return None
 
 
+def logged_routing(row: dict, diagnostic: str) -> List[float]:
+    """A train row's values of one routing diagnostic, one per level that logged it."""
+    keys = (TRAIN_PREFIX + routing_metric_name(diagnostic, level) for level in LEVELS)
+    return [row[key] for key in keys if key in row]
+
+
 def routing_summary(train_rows: Sequence[dict]) -> Dict[str, Optional[float]]:
-    tail = [row for row in train_rows if any(k.startswith("train/routing/") for k in row)][-ROUTING_TAIL_ROWS:]
+    diagnostics = [f.name for f in dataclasses.fields(RoutingDiagnostics)]
+    tail = [row for row in train_rows if any(logged_routing(row, d) for d in diagnostics)][-ROUTING_TAIL_ROWS:]
     summary: Dict[str, Optional[float]] = {}
-    for column, (name, combine) in ROUTING_SOURCES.items():
+    for column, (diagnostic, combine) in ROUTING_SOURCES.items():
         per_row = []
         for row in tail:
-            levels = [v for k, v in row.items() if k.startswith(f"train/routing/{name}_")]
+            levels = logged_routing(row, diagnostic)
             if levels:
                 per_row.append(sum(levels) / (len(levels) if combine == "mean" else 1))
         summary[column] = statistics.fmean(per_row) if per_row else None

@@ -14,9 +14,8 @@ import os
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
-
-from training.train_state import map_tensors
 
 # Inductor settings of the fast path: CUDA graphs through Inductor's graph trees, which replay the
 # backward too.
@@ -57,7 +56,7 @@ class GraphReplayedModel:
     def __call__(self, *, carry, batch, **kwargs):
         torch.compiler.cudagraph_mark_step_begin()
         result = self.compiled(carry=carry, batch=batch, **kwargs)
-        return dataclasses.replace(result, carry=map_tensors(result.carry, torch.clone))
+        return dataclasses.replace(result, carry=pytree.tree_map_only(torch.Tensor, torch.clone, result.carry))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.compiled, name)

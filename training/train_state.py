@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from models.checkpoint import load_model_weights
@@ -21,37 +22,11 @@ def join_and_split_carries(carries: List[Any], world_size: int, rank: int) -> An
     """Rank `rank`'s share, among `world_size` processes, of the ACT carries `carries` saved by each rank of
     another process count. Every carry tensor has the batch first, and each rank holds a contiguous slice
     of the global batch, so joining in rank order gives the global carry and equal chunks re-split it."""
-    def share(tensors: List[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(tensors).chunk(world_size)[rank].clone()
-    return _zip_tensors(carries, share)
-
-
-def _zip_tensors(objs: List[Any], fn: Callable[[List[torch.Tensor]], torch.Tensor]) -> Any:
-    """Combine parallel structures (same layout, e.g. one ACT carry per rank) leaf by leaf with `fn`."""
-    first = objs[0]
-    if isinstance(first, torch.Tensor):
-        return fn(objs)
-    if dataclasses.is_dataclass(first) and not isinstance(first, type):
-        return dataclasses.replace(first, **{f.name: _zip_tensors([getattr(o, f.name) for o in objs], fn)
-                                             for f in dataclasses.fields(first)})
-    if isinstance(first, dict):
-        return {k: _zip_tensors([o[k] for o in objs], fn) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(_zip_tensors(list(items), fn) for items in zip(*objs))
-    return first
-
-
-def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply `fn` to every tensor inside nested dataclasses, dicts, lists and tuples (e.g. an ACT carry)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
-    if isinstance(obj, dict):
-        return {k: map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(v, fn) for v in obj)
-    return obj
+    def share(*leaves: Any) -> Any:
+        if not isinstance(leaves[0], torch.Tensor):
+            return leaves[0]  # None, e.g. the state of a stateless router
+        return torch.cat(leaves).chunk(world_size)[rank].clone()
+    return pytree.tree_map(share, *carries)
 
 
 @dataclass
@@ -94,12 +69,12 @@ class TrainState:
 
     def rank_state_dict(self, device: torch.device) -> Dict[str, Any]:
         """This process's own state, on the CPU: its ACT carry and its random generators."""
-        return {"carry": map_tensors(self.carry, lambda t: t.cpu()),
+        return {"carry": pytree.tree_map_only(torch.Tensor, lambda t: t.cpu(), self.carry),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
     def load_rank_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
-        self.carry = map_tensors(state["carry"], lambda t: t.to(device))
+        self.carry = pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), state["carry"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
