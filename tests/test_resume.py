@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from training.preemption import TrainingInterrupted
 from training.resume import compare_configs
 
 from conftest import REPO_ROOT
-from tiny_runs import (ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretrain, torchrun, train_losses,
-                       write_tiny_dataset)
+from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_with_fault, read_metrics, run_pretrain, torchrun,
+                       train_losses, write_tiny_dataset)
 
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -146,19 +145,15 @@ def test_ctrl_c_of_a_real_process_is_one_line_and_resumable(tiny_dataset, tmp_pa
     run_dir = str(tmp_path / "run")
     args = [f"data_path={tiny_dataset}", f"checkpoint_path={run_dir}", *TINY_OVERRIDES, "epochs=400",
             "eval_interval=400", "log_interval=5"]
-    process = subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV, text=True,
+    process = subprocess.Popen(pretrain_with_fault("sigint-after-step", 12, args), cwd=REPO_ROOT, env=ENV, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")) or len(read_metrics(run_dir)) < 3:
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGINT at step ") and "continue with: python pretrain.py resume=" in last
     assert "Traceback" not in stderr
     step = int(last.split("at step ")[1].split(";")[0])
+    assert step == 12  # the step the SIGINT came after
     assert os.path.isfile(os.path.join(run_dir, "train_state.pt"))
     assert max(train_losses(read_metrics(run_dir))) == step
 

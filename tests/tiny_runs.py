@@ -46,6 +46,11 @@ def run_pretrain(args, launcher=(sys.executable,), **kwargs):
                           timeout=600, **kwargs)
 
 
+def pretrain_with_fault(fault, number, args):
+    """The command line of pretrain.py with a fault injected at a fixed point (tests/pretrain_with_fault.py)."""
+    return [sys.executable, os.path.join("tests", "pretrain_with_fault.py"), fault, str(number), *args]
+
+
 def torchrun(processes):
     """The launcher of a `processes`-process gloo run; --standalone picks a free port."""
     return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes))
