@@ -132,10 +132,10 @@ def _distributed_worker(rank, backend, init_file, out_dir):
             train_one_step(embedding, optimizer, ids, local_grads)
             torch.save(embedding.weights.cpu(), os.path.join(out_dir, f"{gather}_rank{rank}.pt"))
     finally:
+        # Both ranks finish their collectives before either tears the group down: a rank leaving while the
+        # other's gloo pair is still open can abort in gloo's destructors at exit.
+        dist.barrier()
         dist.destroy_process_group()
-    # Now and then gloo aborts in a C++ destructor at interpreter exit (seen with torch 2.13, about one run
-    # in ten, after everything above had finished); the results are on disk, so skip the destructors.
-    os._exit(0)
 
 
 def check_two_ranks_match_one_process(backend, tmp_path, atol):
