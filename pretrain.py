@@ -4,6 +4,7 @@ Every argument is a Hydra override of the config in config/ (`lr=3e-4 arch.L_cyc
 `arch=hrm_poh`, `+new_key=value`), composed as the reference's `@hydra.main` composes them. Any mistake,
 in an override or in a value, stops with one `error:` line naming it.
 """
+import argparse
 import logging
 import os
 import sys
@@ -16,8 +17,8 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from command_line import OneLineArgumentParser, run_cli
 from models.config_validation import ConfigError
-from training.checkpointing import RunFolderError
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
 from training.loop import run_training
@@ -64,11 +65,14 @@ def compose_config(overrides: List[str]) -> Dict[str, Any]:
         raise ConfigError(one_line(str(e))) from None
 
 
-def main(argv: List[str] = None) -> None:
-    overrides = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in overrides):
-        print(__doc__.strip())
-        return
+def parse_overrides(argv: List[str] = None) -> List[str]:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="a Hydra override, e.g. lr=3e-4 or data=maze")
+    return parser.parse_args(argv).overrides
+
+
+def main(argv: List[str] = None) -> int:
+    overrides = parse_overrides(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # as the reference logs
     ctx = setup_distributed()
     try:
@@ -81,17 +85,19 @@ def main(argv: List[str] = None) -> None:
         if ctx.is_main:
             print(f"[{ctx.world_size} process(es), device {ctx.device}] run folder: {config.checkpoint_path}", flush=True)
         run_training(config, ctx)
-    except TrainingInterrupted as e:
+    except TrainingInterrupted as e:  # not a mistake: the state is saved, and the shell sees the signal
         if ctx.is_main:
             print(e, file=sys.stderr)
+        return e.exit_code
+    finally:
         teardown_distributed()
-        sys.exit(e.exit_code)
-    except (ConfigError, FileNotFoundError, RunFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        teardown_distributed()
-        sys.exit(2)
-    teardown_distributed()
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point (`hrm-pretrain`)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

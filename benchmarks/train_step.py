@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset.common import PuzzleDatasetMetadata
 from models.attention import resolve_backend
 from training.config import load_config
@@ -25,8 +26,8 @@ ARCH = dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
             hidden_size=512, num_heads=8, expansion=4, puzzle_emb_ndim=512, pos_encodings="rope")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASK_SHAPES), default="sudoku")
     parser.add_argument("--batch-size", type=int, default=768, help="per-GPU batch")
     parser.add_argument("--steps", type=int, default=50, help="timed steps (after warm-up)")
@@ -35,11 +36,21 @@ def main():
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--arch", default="{}", help="JSON of arch overrides, e.g. '{\"hidden_size\": 64}'")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        args.arch = json.loads(args.arch)
+    except json.JSONDecodeError as e:
+        parser.error(f"--arch {args.arch!r}: not valid JSON ({e.msg})")
+    if not isinstance(args.arch, dict):
+        parser.error(f"--arch: expected a JSON object of arch keys, got {type(args.arch).__name__}")
+    return args
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     ctx = setup_distributed()
     seq_len, vocab_size, num_identifiers = TASK_SHAPES[args.task]
-    arch = dict(ARCH, forward_dtype=args.dtype, attention_backend=args.attention_backend, **json.loads(args.arch))
+    arch = dict(ARCH, forward_dtype=args.dtype, attention_backend=args.attention_backend, **args.arch)
     global_batch = args.batch_size * ctx.world_size
     config = load_config(dict(arch=arch, data_path="unused", global_batch_size=global_batch, epochs=1, lr=1e-4,
                               lr_min_ratio=1.0, lr_warmup_steps=2000, weight_decay=1.0, beta1=0.9, beta2=0.95,
@@ -88,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,9 +18,10 @@ import numpy as np
 from huggingface_hub import hf_hub_download
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset import maze_generator
 from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, dihedral_transform,
-                            read_puzzle_csv, run_builder, save_identifiers, save_split, write_puzzle_csv)
+                            read_puzzle_csv, save_identifiers, save_split, write_puzzle_csv)
 
 # Token of a character is its position here plus one; 0 is padding.
 CHARSET = "# SGo"
@@ -33,7 +34,7 @@ DEFAULT_MIN_PATH_LENGTH = 110
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="data/maze-30x30-hard-1k",
                         help="dataset folder to write (default %(default)s)")
     parser.add_argument("--subsample-size", type=int, default=None,
@@ -222,4 +223,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_builder(main)
+    run_cli(main)

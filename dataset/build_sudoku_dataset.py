@@ -18,9 +18,10 @@ import huggingface_hub
 import numpy as np
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset import sudoku_generator
 from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, read_puzzle_csv,
-                            run_builder, save_identifiers, save_split, write_puzzle_csv)
+                            save_identifiers, save_split, write_puzzle_csv)
 
 SPLITS = ("train", "test")
 CELLS = 81
@@ -32,7 +33,7 @@ CELL_VALUE[ord("1"):ord("9") + 1] = np.arange(1, 10)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="data/sudoku-extreme-full",
                         help="dataset folder to write (default %(default)s)")
     parser.add_argument("--subsample-size", type=int, default=None,
@@ -213,8 +214,8 @@ def build(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
-    run_builder(lambda: build(parse_args(argv)))
+    build(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

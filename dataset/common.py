@@ -9,12 +9,13 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pydantic
+
+from command_line import UserError
 
 # Label value the losses skip (PyTorch's cross-entropy default); `ignore_label_id` maps to it at load.
 IGNORE_LABEL_ID = -100
@@ -29,7 +30,7 @@ DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 PUZZLE_CSV_HEADER = ("source", "question", "answer", "rating")
 
 
-class DatasetBuildError(Exception):
+class DatasetBuildError(UserError):
     """Bad builder input or settings; the message names the file, row or flag at fault."""
 
 
@@ -264,12 +265,3 @@ def dataset_fingerprint(dataset_dir: str, sample_bytes: int = 1 << 16) -> str:
                 tail = f.read(sample_bytes)
             digest.update(name.encode() + b"\0" + str(size).encode() + head + tail)
     return digest.hexdigest()[:16]
-
-
-def run_builder(main: Callable[[], None]) -> None:
-    """Run a builder's main; a DatasetBuildError becomes one `error: ...` line and exit status 2."""
-    try:
-        main()
-    except DatasetBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -10,6 +10,7 @@ import pydantic
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from command_line import UserError
 from dataset.common import DATASET_FIELDS, IGNORE_LABEL_ID, PuzzleDatasetMetadata, load_metadata
 
 # Token arrays can be gigabytes (ARC with 1000 augmentations): memory-map them; the index arrays are small
@@ -17,7 +18,7 @@ from dataset.common import DATASET_FIELDS, IGNORE_LABEL_ID, PuzzleDatasetMetadat
 MEMORY_MAPPED_FIELDS = ("inputs", "labels")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset folder that is missing or not in the puzzle dataset format; the message names the path."""
 
 

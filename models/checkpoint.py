@@ -7,6 +7,12 @@ from typing import Dict, List, Mapping, Set, Union
 import torch
 from torch import nn
 
+from command_line import MissingInputError, UserError
+
+class CheckpointError(UserError, ValueError):
+    """A weights file that cannot be read or does not fit the model; the message names the file or key."""
+
+
 # torch.compile wraps the module and prefixes every state-dict key with this.
 COMPILED_PREFIX = "_orig_mod."
 
@@ -23,18 +29,18 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Read the weights of a `step_N` file (a plain `state_dict`) or of a run's `train_state.pt` on CPU,
     without the compile prefix. A missing, truncated or foreign file is a one-line error."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise MissingInputError(f"checkpoint {path} not found")
     # Weights files load with weights_only; the training state holds more than tensors (our own format).
     full_state = os.path.basename(path) == TRAIN_STATE_FILE
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=not full_state)
     except Exception as e:  # truncated or not a torch file: zip, pickle and EOF errors vary with the damage
         detail = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {detail[:120]})") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {detail[:120]})") from None
     if full_state and isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         loaded = loaded["model"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
     return strip_compiled_prefix(loaded)
 
 
@@ -57,13 +63,13 @@ def load_model_weights(model: nn.Module, source: Union[str, Mapping[str, torch.T
     expected = target.state_dict()
     for key, value in state_dict.items():
         if key in expected and value.shape != expected[key].shape:
-            raise ValueError(f"checkpoint does not match the model: {key} has shape {tuple(value.shape)} in the "
+            raise CheckpointError(f"checkpoint does not match the model: {key} has shape {tuple(value.shape)} in the "
                              f"checkpoint and {tuple(expected[key].shape)} in the model")
     routing = routing_keys(target)
     missing = [k for k in expected if k not in state_dict and k not in routing]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: {_first_keys('missing', missing)}"
+        raise CheckpointError(f"checkpoint does not match the model: {_first_keys('missing', missing)}"
                          f"{', ' if missing and unexpected else ''}{_first_keys('unexpected', unexpected)}")
     missing_routing, _ = target.load_state_dict(state_dict, strict=False)
     return missing_routing

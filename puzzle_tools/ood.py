@@ -59,19 +59,18 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset import maze_generator
 from dataset.build_maze_dataset import CHAR_TO_TOKEN, DEFAULT_GRID_SIZE, DEFAULT_MIN_PATH_LENGTH
 from dataset.common import (DATASET_FIELDS, IGNORE_LABEL_ID, DatasetBuildError, PuzzleDatasetMetadata,
                             atomic_output_dir, save_identifiers, save_split, split_file)
-from dataset.puzzle_dataset import DatasetFormatError, load_split_metadata
-from puzzle_tools.tool_io import OneLineArgumentParser
+from dataset.puzzle_dataset import load_split_metadata
 
 # The reference's "hard" mazes: a shortest path longer than 110 of the 449 cells a 30x30 path can hold.
 HARD_PATH_FRACTION = DEFAULT_MIN_PATH_LENGTH / maze_generator.longest_possible_path(DEFAULT_GRID_SIZE)
@@ -451,20 +450,19 @@ def score_table(scores: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def run_command(args: argparse.Namespace) -> None:
+    if args.command == "sudoku-score":
+        scores = score_sudoku(args)
+        print(json.dumps(scores, indent=2) if args.json else score_table(scores))
+        return
+    build = {"maze-size": build_maze_size, "sudoku-givens": build_sudoku_givens, "subsample": build_subsample}
+    print(build[args.command](args))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.command == "sudoku-score":
-            scores = score_sudoku(args)
-            print(json.dumps(scores, indent=2) if args.json else score_table(scores))
-            return 0
-        build = {"maze-size": build_maze_size, "sudoku-givens": build_sudoku_givens, "subsample": build_subsample}
-        print(build[args.command](args))
-    except (DatasetBuildError, DatasetFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run_command(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -1,37 +1,17 @@
-"""How the puzzle tools fail and write: bad input is one `error: ...` line and exit status 2, and every
-output file appears whole or not at all."""
+"""How the puzzle tools fail and write: bad input is a ToolInputError (one `error: ...` line and exit status
+2, by command_line's convention), and every output file appears whole or not at all."""
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
+from command_line import UserError
 from training.checkpointing import RunFolderError, atomic_path
 
-INPUT_ERROR_EXIT_CODE = 2  # argparse's status for bad usage
 
-
-class ToolInputError(ValueError):
-    """A missing or malformed input (folder, file, key, value); the message names it. A ValueError, so a
-    caller that reports bad values in one line (evaluate.py) reports these too."""
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """Command-line mistakes as one `error:` line and exit status 2, like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(INPUT_ERROR_EXIT_CODE, f"error: {message}\n")
-
-
-def exit_code_of(run: Callable[[], None]) -> int:
-    """Run a tool's work: 0 when it succeeds, INPUT_ERROR_EXIT_CODE with one `error:` line on bad input."""
-    try:
-        run()
-    except ToolInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return INPUT_ERROR_EXIT_CODE
-    return 0
+class ToolInputError(UserError, ValueError):
+    """A missing or malformed input (folder, file, key, value); the message names it. Still a ValueError for
+    callers that catch bad values."""
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from command_line import MissingInputError, UserError
 from models import checkpoint as model_checkpoint
 from models.config_validation import ConfigError
 from training.distributed import DistributedContext
@@ -23,7 +24,7 @@ CONFIG_FILE = "all_config.yaml"
 TRAIN_STATE_FILE = model_checkpoint.TRAIN_STATE_FILE
 
 
-class RunFolderError(Exception):
+class RunFolderError(UserError):
     """A run-folder file cannot be written or read; the message names the file and the reason."""
 
 
@@ -70,7 +71,7 @@ def write_config(run_dir: str, config_dict: Dict[str, Any]) -> None:
 def read_config(run_dir: str) -> Dict[str, Any]:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: a run folder holds all_config.yaml beside its step_N files")
+        raise MissingInputError(f"{path} not found: a run folder holds all_config.yaml beside its step_N files")
     try:
         with open(path) as f:
             values = yaml.safe_load(f)
@@ -152,5 +153,5 @@ def resolve_resume_path(resume: str) -> str:
     """Accept a run folder (holding train_state.pt) or the state file itself."""
     path = os.path.join(resume, TRAIN_STATE_FILE) if os.path.isdir(resume) else resume
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"resume: no training state at {path}")
+        raise MissingInputError(f"resume: no training state at {path}")
     return path
