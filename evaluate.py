@@ -18,14 +18,15 @@ from typing import List, Optional
 import torch.distributed as dist
 
 from command_line import MissingInputError, OneLineArgumentParser, exit_status, run_cli
-from dataset.common import load_metadata
-from models.checkpoint import TRAIN_STATE_FILE, load_model_weights, read_state_dict
+from dataset.format import metadata_file, read_metadata
+from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
-from training import checkpointing
-from training.build import create_loader, create_model, maybe_compile
+from training import run_folder
+from training.build import create_loader, create_model
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
 from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate
+from training.fast_path import prepare_model
 
 DEFAULT_VOTE_KS = (1, 2, 10, 100, 1000)
 
@@ -88,21 +89,13 @@ def find_data_path(data_path: str, run_dir: str) -> str:
 
 def check_same_task(run_data_path: Optional[str], data_path: str) -> None:
     """Refuse a dataset whose sequences or vocabulary differ from those the run trained on."""
-    if run_data_path is None or not os.path.isfile(os.path.join(run_data_path, "test", "dataset.json")):
+    if run_data_path is None or not os.path.isfile(metadata_file(run_data_path, "test")):
         return  # the run's own dataset is gone: the weights' shapes are the remaining check
-    trained, given = load_metadata(run_data_path, "test"), load_metadata(data_path, "test")
+    trained, given = read_metadata(run_data_path, "test"), read_metadata(data_path, "test")
     for field in ("seq_len", "vocab_size"):
         if getattr(trained, field) != getattr(given, field):
             raise ConfigError(f"--data-path {data_path}: {field} is {getattr(given, field)}, but the model was "
                               f"trained on {getattr(trained, field)} ({run_data_path}): another task")
-
-
-def predictions_prefix(checkpoint: str) -> str:
-    """`<run>/step_N_all_preds` for a weights file `step_N` or for the run's train_state.pt (its step)."""
-    if os.path.basename(checkpoint) == TRAIN_STATE_FILE:
-        step = checkpointing.load_saved_state(checkpoint)["progress"]["step"]
-        return os.path.join(os.path.dirname(checkpoint), f"step_{step}_all_preds")
-    return f"{checkpoint}_all_preds"
 
 
 def outputs_to_save(args, data_path: str) -> List[str]:
@@ -120,7 +113,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(args.checkpoint):
             raise MissingInputError(f"checkpoint {args.checkpoint} not found")
         run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
-        values = checkpointing.read_config(run_dir)
+        values = run_folder.read_config(run_dir)
         run_data_path = None
         try:
             run_data_path = find_data_path(str(values.get("data_path")), run_dir)
@@ -135,15 +128,15 @@ def main(argv=None) -> int:
         if args.no_compile:
             values["compile"] = False
         config = load_config(values)
-        state_dict = read_state_dict(args.checkpoint)
+        state_dict = run_folder.read_weights(args.checkpoint)
         loader, metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
         if args.data_path:
             check_same_task(run_data_path, args.data_path)
         model = create_model(config, metadata, ctx)
         load_model_weights(model, state_dict)
         save_outputs = outputs_to_save(args, config.data_path)
-        prefix = predictions_prefix(args.checkpoint)
-        metrics = evaluate(maybe_compile(model, config, ctx), loader, metadata, ctx, save_outputs,
+        prefix = run_folder.predictions_prefix_of(args.checkpoint)
+        metrics = evaluate(prepare_model(model, config, ctx.device), loader, metadata, ctx, save_outputs,
                            outputs_path=prefix)
         if save_outputs and ctx.is_main:
             print(f"saved {', '.join(save_outputs)} to {prefix}.<rank> ({ctx.world_size} file(s))", file=sys.stderr)

@@ -7,6 +7,7 @@ in an override or in a value, stops with one `error:` line naming it.
 import argparse
 import logging
 import os
+import shlex
 import sys
 from typing import Any, Dict, List
 
@@ -18,10 +19,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from command_line import OneLineArgumentParser, run_cli
+from dataset.atomic_file import FileWriteError
 from models.config_validation import ConfigError
+from puzzle_tools.plot_run import plot_runs
+from puzzle_tools.tool_io import ToolInputError
+from training import run_folder
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.loop import run_training
+from training.loop import FinishedRun, run_training
 from training.preemption import TrainingInterrupted
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
@@ -65,6 +70,23 @@ def compose_config(overrides: List[str]) -> Dict[str, Any]:
         raise ConfigError(one_line(str(e))) from None
 
 
+def run_summary(run: FinishedRun, draw_plots: bool) -> str:
+    """The closing lines of a run: where its weights, metrics and plots are (paths quoted: names have spaces)."""
+    run_dir = run.run_dir
+    lines = [f"run finished at step {run.step}: {shlex.quote(run_dir)}",
+             f"  weights: {shlex.quote(run_folder.weights_path(run_dir, run.step))}",
+             f"  metrics: {shlex.quote(os.path.join(run_dir, run_folder.METRICS_FILE))}"]
+    if not draw_plots:
+        lines.append(f"  plots:   python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
+        return "\n".join(lines)
+    try:
+        plots = plot_runs([run_dir], run_dir)
+        lines.append(f"  plots:   {' '.join(shlex.quote(path) for path in plots)}")
+    except (ToolInputError, FileWriteError) as e:  # matplotlib missing, or the folder not writable
+        lines.append(f"  plots:   not drawn ({e}); later: python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
+    return "\n".join(lines)
+
+
 def parse_overrides(argv: List[str] = None) -> List[str]:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="a Hydra override, e.g. lr=3e-4 or data=maze")
@@ -84,7 +106,9 @@ def main(argv: List[str] = None) -> int:
             config.project_name, config.run_name, config.checkpoint_path = names[0]
         if ctx.is_main:
             print(f"[{ctx.world_size} process(es), device {ctx.device}] run folder: {config.checkpoint_path}", flush=True)
-        run_training(config, ctx)
+        finished = run_training(config, ctx)
+        if finished is not None and ctx.is_main:
+            print(run_summary(finished, config.plots), flush=True)
     except TrainingInterrupted as e:  # not a mistake: the state is saved, and the shell sees the signal
         if ctx.is_main:
             print(e, file=sys.stderr)

@@ -56,15 +56,12 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, run_cli
-from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, dihedral_transform,
-                            save_identifiers, save_split, split_file)
+from dataset.atomic_file import write_text
+from dataset.common import DatasetBuildError, atomic_output_dir, dihedral_transform
+from dataset.format import (ARC_COLOUR_OFFSET, ARC_END_TOKEN, ARC_GRID_SIZE, ARC_PAD_TOKEN, ARC_SEQ_LEN,
+                            ARC_VOCAB_SIZE, TEST_PUZZLES_FILE, PuzzleDatasetMetadata, save_identifiers, save_split,
+                            split_file)
 
-GRID_SIZE = 30
-SEQ_LEN = GRID_SIZE * GRID_SIZE
-PAD_TOKEN = 0
-END_TOKEN = 1
-COLOUR_OFFSET = 2  # colour c is token c + 2
-VOCAB_SIZE = 10 + COLOUR_OFFSET
 NUM_DIHEDRAL = 8
 AUGMENT_TRIES_PER_VERSION = 5
 
@@ -146,8 +143,8 @@ def parse_grid(grid, where: str) -> np.ndarray:
         raise DatasetBuildError(f"{where}: grid rows have different lengths") from None
     if array.ndim != 2 or array.dtype.kind not in "iu":
         raise DatasetBuildError(f"{where}: grid must be a 2-D list of integers")
-    if not (1 <= array.shape[0] <= GRID_SIZE and 1 <= array.shape[1] <= GRID_SIZE):
-        raise DatasetBuildError(f"{where}: grid is {array.shape[0]}x{array.shape[1]}, sides must be 1..{GRID_SIZE}")
+    if not (1 <= array.shape[0] <= ARC_GRID_SIZE and 1 <= array.shape[1] <= ARC_GRID_SIZE):
+        raise DatasetBuildError(f"{where}: grid is {array.shape[0]}x{array.shape[1]}, sides must be 1..{ARC_GRID_SIZE}")
     if array.min() < 0 or array.max() > 9:
         raise DatasetBuildError(f"{where}: grid values must be colours 0..9, got {array.min()}..{array.max()}")
     return array.astype(np.uint8)
@@ -345,21 +342,6 @@ def convert_archive(archive: bytes, repository: PuzzleRepository, url: str) -> D
     return converted
 
 
-def write_new_json(path: str, content) -> None:
-    """Write `path`, which must not exist, under a temporary name first: no reader sees half a file."""
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "x") as f:
-            json.dump(content, f)
-        os.rename(temporary, path)
-    except BaseException as e:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        if isinstance(e, OSError):  # no permission, disk full
-            raise DatasetBuildError(f"{path}: cannot write ({e.strerror})") from None
-        raise
-
-
 def download_arc_data(arc_data: str) -> None:
     """Fill the --arc-data folder: fetch each repository with a subset file missing there and write the
     missing files. Existing files are never replaced."""
@@ -383,7 +365,7 @@ def download_arc_data(arc_data: str) -> None:
                 if os.path.exists(path):
                     print(f"kept existing {path}")
                 else:
-                    write_new_json(path, content)
+                    write_text(path, json.dumps(content))
                     print(f"wrote {path} ({len(content)} puzzles)")
 
 
@@ -464,16 +446,16 @@ def encode_grids(grids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """
     batch, num_rows, num_cols = grids.shape
     tile = np.zeros((batch, num_rows + 1, num_cols + 1), dtype=np.uint8)
-    tile[:, :num_rows, :num_cols] = grids + COLOUR_OFFSET
-    tile[:, num_rows, :num_cols] = END_TOKEN
-    tile[:, :num_rows, num_cols] = END_TOKEN
+    tile[:, :num_rows, :num_cols] = grids + ARC_COLOUR_OFFSET
+    tile[:, num_rows, :num_cols] = ARC_END_TOKEN
+    tile[:, :num_rows, num_cols] = ARC_END_TOKEN
     # Canvases with one spare row and column, which catch the markers of grids touching the edge.
-    side = GRID_SIZE + 1
-    canvas = np.full((batch, side, side), PAD_TOKEN, dtype=np.uint8)
+    side = ARC_GRID_SIZE + 1
+    canvas = np.full((batch, side, side), ARC_PAD_TOKEN, dtype=np.uint8)
     tile_positions = np.arange(num_rows + 1)[:, None] * side + np.arange(num_cols + 1)[None, :]
     tile_starts = np.arange(batch) * side * side + offsets[:, 0] * side + offsets[:, 1]
     canvas.reshape(-1)[tile_starts[:, None, None] + tile_positions] = tile
-    return canvas[:, :GRID_SIZE, :GRID_SIZE].reshape(batch, SEQ_LEN)
+    return canvas[:, :ARC_GRID_SIZE, :ARC_GRID_SIZE].reshape(batch, ARC_SEQ_LEN)
 
 
 def draw_offsets(example_variants: List[Tuple[List[np.ndarray], List[np.ndarray]]], transform_ids: np.ndarray,
@@ -485,7 +467,7 @@ def draw_offsets(example_variants: List[Tuple[List[np.ndarray], List[np.ndarray]
     """
     num_examples = len(example_variants)
     # room[t, e] = number of possible (row, col) offsets of example e under transform t.
-    room = np.array([[[GRID_SIZE - max(inp[t].shape[axis], out[t].shape[axis]) + 1 for axis in (0, 1)]
+    room = np.array([[[ARC_GRID_SIZE - max(inp[t].shape[axis], out[t].shape[axis]) + 1 for axis in (0, 1)]
                       for inp, out in example_variants] for t in range(NUM_DIHEDRAL)])
     shifted = [np.delete(np.arange(num_examples), kept) for kept in range(num_examples)]
     offsets = np.zeros((len(transform_ids), num_examples, 2), dtype=np.int64)
@@ -504,7 +486,7 @@ def encode_group(puzzle: AugmentedPuzzle, pairs: List[Pair], translate: bool) ->
     colour_maps = np.stack([colour_map for _, colour_map in puzzle.versions])
     example_variants = [(dihedral_variants(inp), dihedral_variants(out)) for inp, out in pairs]
     offsets = draw_offsets(example_variants, transform_ids, translate)
-    inputs = np.empty((len(transform_ids), num_examples, SEQ_LEN), dtype=np.uint8)
+    inputs = np.empty((len(transform_ids), num_examples, ARC_SEQ_LEN), dtype=np.uint8)
     labels = np.empty_like(inputs)
     # Colour maps commute with dihedral transforms, so each transform's versions are encoded in one batch.
     for transform_id in np.unique(transform_ids):
@@ -514,7 +496,7 @@ def encode_group(puzzle: AugmentedPuzzle, pairs: List[Pair], translate: bool) ->
             example_offsets = offsets[versions, example]
             inputs[versions, example] = encode_grids(version_maps[:, inp_variants[transform_id]], example_offsets)
             labels[versions, example] = encode_grids(version_maps[:, out_variants[transform_id]], example_offsets)
-    return inputs.reshape(-1, SEQ_LEN), labels.reshape(-1, SEQ_LEN)
+    return inputs.reshape(-1, ARC_SEQ_LEN), labels.reshape(-1, ARC_SEQ_LEN)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -540,8 +522,8 @@ def write_split(dataset_dir: str, split: str, set_groups: Dict[str, list], ident
     total_examples = total_puzzles = total_groups = 0
     for set_name, groups in set_groups.items():
         num_rows = sum(len(puzzle.versions) * len(pairs) for puzzle, pairs in groups)
-        inputs = open_memmap(split_file(dataset_dir, split, set_name, "inputs"), "w+", np.uint8, (num_rows, SEQ_LEN))
-        labels = open_memmap(split_file(dataset_dir, split, set_name, "labels"), "w+", np.uint8, (num_rows, SEQ_LEN))
+        inputs, labels = (open_memmap(split_file(dataset_dir, split, set_name, field), "w+", np.uint8,
+                                      (num_rows, ARC_SEQ_LEN)) for field in ("inputs", "labels"))
         puzzle_indices, group_indices, puzzle_identifiers = [0], [0], []
         for puzzle, pairs in tqdm(groups, desc=f"encode {split}/{set_name}", unit="group"):
             first_row = puzzle_indices[-1]
@@ -561,8 +543,8 @@ def write_split(dataset_dir: str, split: str, set_groups: Dict[str, list], ident
         total_puzzles += len(puzzle_identifiers)
         total_groups += len(groups)
     metadata = PuzzleDatasetMetadata(
-        pad_id=PAD_TOKEN, ignore_label_id=PAD_TOKEN, blank_identifier_id=0, vocab_size=VOCAB_SIZE,
-        seq_len=SEQ_LEN, num_puzzle_identifiers=len(identifiers), total_groups=total_groups,
+        pad_id=ARC_PAD_TOKEN, ignore_label_id=ARC_PAD_TOKEN, blank_identifier_id=0, vocab_size=ARC_VOCAB_SIZE,
+        seq_len=ARC_SEQ_LEN, num_puzzle_identifiers=len(identifiers), total_groups=total_groups,
         mean_puzzle_examples=total_examples / total_puzzles, sets=list(set_groups))
     save_split(dataset_dir, split, metadata, arrays)
     return (f"{total_examples} examples, {total_puzzles} puzzles, {total_groups} groups, "
@@ -576,7 +558,7 @@ def grid_pairs_to_json(pairs) -> list:
 def save_test_puzzles(dataset_dir: str, sources: List[Tuple[str, List[SourcePuzzle]]]) -> None:
     test_puzzles = {puzzle.name: {"train": grid_pairs_to_json(puzzle.demos), "test": grid_pairs_to_json(puzzle.tests)}
                     for _, puzzles in sources for puzzle in puzzles if puzzle.tests}
-    with open(os.path.join(dataset_dir, "test_puzzles.json"), "w") as f:
+    with open(os.path.join(dataset_dir, TEST_PUZZLES_FILE), "w") as f:
         json.dump(dict(sorted(test_puzzles.items())), f)
 
 

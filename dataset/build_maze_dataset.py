@@ -20,17 +20,12 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, run_cli
 from dataset import maze_generator
-from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, dihedral_transform,
-                            read_puzzle_csv, save_identifiers, save_split, write_puzzle_csv)
-
-# Token of a character is its position here plus one; 0 is padding.
-CHARSET = "# SGo"
-CHAR_TO_TOKEN = np.zeros(256, dtype=np.uint8)
-CHAR_TO_TOKEN[[ord(c) for c in CHARSET]] = np.arange(1, len(CHARSET) + 1)
+from dataset.common import (DatasetBuildError, atomic_output_dir, dihedral_transform, read_puzzle_csv,
+                            write_puzzle_csv)
+from dataset.format import (MAZE_CHAR_TO_TOKEN, MAZE_CHARSET, MAZE_VOCAB_SIZE, PuzzleDatasetMetadata, save_identifiers,
+                            save_split)
 
 SPLITS = ("train", "test")
-DEFAULT_GRID_SIZE = 30
-DEFAULT_MIN_PATH_LENGTH = 110
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,10 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     generation.add_argument("--generate-test", type=int, metavar="M", help="generate M test mazes")
     generation.add_argument("--grid-size", type=int,
                             help=f"side of the square grid, {maze_generator.MIN_GRID_SIZE}.."
-                                 f"{maze_generator.MAX_GRID_SIZE} (default {DEFAULT_GRID_SIZE})")
+                                 f"{maze_generator.MAX_GRID_SIZE} (default {maze_generator.HARD_GRID_SIZE})")
     generation.add_argument("--min-path-length", type=int,
                             help=f"keep mazes whose shortest path has more than this many cells "
-                                 f"(default {DEFAULT_MIN_PATH_LENGTH})")
+                                 f"(default {maze_generator.HARD_MIN_PATH_LENGTH})")
     generation.add_argument("--workers", type=int,
                             help="generator processes; the mazes do not depend on it (default: CPU count)")
     return parser.parse_args(argv)
@@ -82,8 +77,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--generate-train", args.generate_train), ("--generate-test", args.generate_test)):
         if value is None or value < 1:
             raise DatasetBuildError(f"{flag} must be at least 1 when generating, got {value}")
-    args.grid_size = DEFAULT_GRID_SIZE if args.grid_size is None else args.grid_size
-    args.min_path_length = DEFAULT_MIN_PATH_LENGTH if args.min_path_length is None else args.min_path_length
+    args.grid_size = maze_generator.HARD_GRID_SIZE if args.grid_size is None else args.grid_size
+    args.min_path_length = maze_generator.HARD_MIN_PATH_LENGTH if args.min_path_length is None else args.min_path_length
     args.workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if not maze_generator.MIN_GRID_SIZE <= args.grid_size <= maze_generator.MAX_GRID_SIZE:
         raise DatasetBuildError(f"--grid-size must be {maze_generator.MIN_GRID_SIZE}.."
@@ -130,9 +125,9 @@ def maze_side(path: str, row_number: int, question: str, answer: str) -> int:
     if side * side != len(question) or side == 0:
         raise DatasetBuildError(f"{where}: {len(question)} characters is not a square grid")
     for name, text in (("question", question), ("answer", answer)):
-        unknown = sorted(set(text) - set(CHARSET))
+        unknown = sorted(set(text) - set(MAZE_CHARSET))
         if unknown:
-            raise DatasetBuildError(f"{where}: {name} has character {unknown[0]!r}, expected one of {CHARSET!r}")
+            raise DatasetBuildError(f"{where}: {name} has character {unknown[0]!r}, expected one of {MAZE_CHARSET!r}")
     for mark in "SG":
         if question.count(mark) != 1:
             raise DatasetBuildError(f"{where}: question has {question.count(mark)} {mark!r} cells, expected one")
@@ -161,7 +156,7 @@ def load_split(path: str) -> tuple:
 
     def to_tokens(field):
         chars = np.frombuffer("".join(row[field] for row in rows).encode("ascii"), dtype=np.uint8)
-        return CHAR_TO_TOKEN[chars].reshape(len(rows), side, side)
+        return MAZE_CHAR_TO_TOKEN[chars].reshape(len(rows), side, side)
 
     return to_tokens("question"), to_tokens("answer")
 
@@ -211,7 +206,7 @@ def main(argv=None) -> None:
             arrays = convert_split(*grids[split], transforms)
             groups = len(arrays["group_indices"]) - 1
             metadata = PuzzleDatasetMetadata(
-                pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1,
+                pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=MAZE_VOCAB_SIZE,
                 seq_len=train_side * train_side, num_puzzle_identifiers=1, total_groups=groups,
                 mean_puzzle_examples=1, sets=["all"])
             save_split(work_dir, split, metadata, {"all": arrays})

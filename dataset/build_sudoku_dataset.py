@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, run_cli
 from dataset import sudoku_generator
-from dataset.common import (DatasetBuildError, PuzzleDatasetMetadata, atomic_output_dir, read_puzzle_csv,
-                            save_identifiers, save_split, write_puzzle_csv)
+from dataset.common import DatasetBuildError, atomic_output_dir, read_puzzle_csv, write_puzzle_csv
+from dataset.format import SUDOKU_SEQ_LEN, SUDOKU_VOCAB_SIZE, PuzzleDatasetMetadata, save_identifiers, save_split
 
 SPLITS = ("train", "test")
-CELLS = 81
 # Character -> cell value (0 blank, 1..9 digit); -1 marks characters that may not appear.
 CELL_VALUE = np.full(256, -1, dtype=np.int16)
 CELL_VALUE[ord(".")] = 0
@@ -92,13 +91,13 @@ def load_split(path: str, min_difficulty) -> tuple:
     """Read one CSV into question and answer boards [N, 9, 9] (uint8, 0 blank) and check every row.
 
     Rows rated below `min_difficulty` are dropped after the checks."""
-    rows = read_puzzle_csv(path, row_length=CELLS)
+    rows = read_puzzle_csv(path, row_length=SUDOKU_SEQ_LEN)
     if not rows:
         raise DatasetBuildError(f"{path}: no puzzles")
     boards = {}
     for field in ("question", "answer"):
         text = "".join(row[field] for row in rows).encode("ascii", errors="replace")  # one byte per character
-        values = CELL_VALUE[np.frombuffer(text, dtype=np.uint8)].reshape(len(rows), CELLS)
+        values = CELL_VALUE[np.frombuffer(text, dtype=np.uint8)].reshape(len(rows), SUDOKU_SEQ_LEN)
         bad = values < 0
         if bad.any():
             index = first_bad(bad.any(axis=1))
@@ -149,8 +148,8 @@ def convert_split(questions: np.ndarray, answers: np.ndarray, num_aug: int, desc
     Tokens are cell value + 1 (blank 1), leaving 0 for padding."""
     versions = 1 + num_aug
     num_puzzles = len(questions) * versions
-    inputs = np.empty((num_puzzles, CELLS), dtype=np.uint8)
-    labels = np.empty((num_puzzles, CELLS), dtype=np.uint8)
+    inputs = np.empty((num_puzzles, SUDOKU_SEQ_LEN), dtype=np.uint8)
+    labels = np.empty((num_puzzles, SUDOKU_SEQ_LEN), dtype=np.uint8)
     position = 0
     for question, answer in zip(tqdm(questions, desc=desc, unit="puzzle"), answers):
         inputs[position], labels[position] = question.reshape(-1), answer.reshape(-1)
@@ -165,9 +164,9 @@ def convert_split(questions: np.ndarray, answers: np.ndarray, num_aug: int, desc
 
 
 def sudoku_metadata(num_groups: int) -> PuzzleDatasetMetadata:
-    return PuzzleDatasetMetadata(seq_len=CELLS, vocab_size=11, pad_id=0, ignore_label_id=0, blank_identifier_id=0,
-                                 num_puzzle_identifiers=1, total_groups=num_groups, mean_puzzle_examples=1,
-                                 sets=["all"])
+    return PuzzleDatasetMetadata(seq_len=SUDOKU_SEQ_LEN, vocab_size=SUDOKU_VOCAB_SIZE, pad_id=0, ignore_label_id=0,
+                                 blank_identifier_id=0, num_puzzle_identifiers=1, total_groups=num_groups,
+                                 mean_puzzle_examples=1, sets=["all"])
 
 
 def build(args: argparse.Namespace) -> None:

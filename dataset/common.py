@@ -1,27 +1,20 @@
-"""Shared pieces of the puzzle dataset format: metadata, dihedral transforms, CSV sources and the
-atomic folder writer that every builder uses."""
+"""What the dataset builders share: their error type, dihedral transforms, CSV sources and the atomic folder
+writer; the format they write is dataset/format.py's."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import glob
 import hashlib
-import json
 import os
 import shutil
 import tempfile
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
-import pydantic
 
 from command_line import UserError
-
-# Label value the losses skip (PyTorch's cross-entropy default); `ignore_label_id` maps to it at load.
-IGNORE_LABEL_ID = -100
-
-# Per-set array files of a split, in the reference's names (`<set>__<field>.npy`).
-DATASET_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+from dataset.format import metadata_file
 
 # Dihedral transform ids: identity, rot90, rot180, rot270, flip left-right, flip up-down, transpose,
 # anti-transpose. DIHEDRAL_INVERSE[t] undoes transform t.
@@ -32,20 +25,6 @@ PUZZLE_CSV_HEADER = ("source", "question", "answer", "rating")
 
 class DatasetBuildError(UserError):
     """Bad builder input or settings; the message names the file, row or flag at fault."""
-
-
-class PuzzleDatasetMetadata(pydantic.BaseModel):
-    """Contents of `<split>/dataset.json`."""
-
-    pad_id: int
-    ignore_label_id: Optional[int]
-    blank_identifier_id: int
-    vocab_size: int
-    seq_len: int
-    num_puzzle_identifiers: int
-    total_groups: int
-    mean_puzzle_examples: float
-    sets: List[str]
 
 
 def dihedral_transform(grid: np.ndarray, transform_id: int) -> np.ndarray:
@@ -116,7 +95,7 @@ def write_puzzle_csv(path: str, rows: Sequence[dict]) -> None:
 
 def is_dataset_folder(path: str) -> bool:
     """Whether `path` holds a puzzle dataset (a split with its dataset.json), as builders write them."""
-    return any(os.path.isfile(os.path.join(path, split, "dataset.json")) for split in ("train", "test"))
+    return any(os.path.isfile(metadata_file(path, split)) for split in ("train", "test"))
 
 
 def _process_alive(pid: int) -> bool:
@@ -197,55 +176,6 @@ def atomic_output_dir(output_dir: str, overwrite: bool = False) -> Iterator[str]
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-
-
-def split_file(dataset_dir: str, split: str, set_name: str, field: str) -> str:
-    """Path of one array file; builders may write large arrays there in place with `open_memmap`."""
-    return os.path.join(dataset_dir, split, f"{set_name}__{field}.npy")
-
-
-def save_split(dataset_dir: str, split: str, metadata: PuzzleDatasetMetadata,
-               sets: Dict[str, Dict[str, np.ndarray]]) -> None:
-    """Write `<dataset_dir>/<split>/dataset.json` and each set's arrays after checking their layout."""
-    if sorted(sets) != sorted(metadata.sets):
-        raise ValueError(f"metadata sets {metadata.sets} differ from the arrays' sets {sorted(sets)}")
-    split_dir = os.path.join(dataset_dir, split)
-    os.makedirs(split_dir, exist_ok=True)
-    for set_name, arrays in sets.items():
-        if set(arrays) != set(DATASET_FIELDS):
-            raise ValueError(f"set {set_name!r} must have fields {DATASET_FIELDS}, got {sorted(arrays)}")
-        inputs, labels = arrays["inputs"], arrays["labels"]
-        if inputs.ndim != 2 or inputs.shape != labels.shape or inputs.shape[1] != metadata.seq_len:
-            raise ValueError(f"set {set_name!r}: inputs {inputs.shape} and labels {labels.shape} must be "
-                             f"[N, {metadata.seq_len}]")
-        puzzle_indices, group_indices = arrays["puzzle_indices"], arrays["group_indices"]
-        if puzzle_indices[0] != 0 or puzzle_indices[-1] != len(inputs) or np.any(np.diff(puzzle_indices) <= 0):
-            raise ValueError(f"set {set_name!r}: puzzle_indices must rise from 0 to {len(inputs)}")
-        if group_indices[0] != 0 or group_indices[-1] != len(puzzle_indices) - 1 or np.any(np.diff(group_indices) <= 0):
-            raise ValueError(f"set {set_name!r}: group_indices must rise from 0 to the puzzle count")
-        if len(arrays["puzzle_identifiers"]) != len(puzzle_indices) - 1:
-            raise ValueError(f"set {set_name!r}: one puzzle identifier per puzzle expected")
-        for field in DATASET_FIELDS:
-            array, path = arrays[field], split_file(dataset_dir, split, set_name, field)
-            if isinstance(array, np.memmap) and os.path.abspath(array.filename) == os.path.abspath(path):
-                array.flush()  # a large array the builder wrote in place (see split_file)
-                continue
-            if field not in ("inputs", "labels"):
-                array = np.asarray(array, dtype=np.int32)
-            np.save(path, array)
-    with open(os.path.join(split_dir, "dataset.json"), "w") as f:
-        json.dump(metadata.model_dump(), f)
-
-
-def save_identifiers(dataset_dir: str, names: Sequence[str]) -> None:
-    """Write `identifiers.json`: identifier id -> name, `<blank>` for id 0."""
-    with open(os.path.join(dataset_dir, "identifiers.json"), "w") as f:
-        json.dump(list(names), f)
-
-
-def load_metadata(dataset_dir: str, split: str) -> PuzzleDatasetMetadata:
-    with open(os.path.join(dataset_dir, split, "dataset.json")) as f:
-        return PuzzleDatasetMetadata(**json.load(f))
 
 
 def dataset_fingerprint(dataset_dir: str, sample_bytes: int = 1 << 16) -> str:

@@ -37,6 +37,9 @@ WALL, OPEN, START, GOAL, PATH = "#", " ", "S", "G", "o"
 
 MIN_GRID_SIZE, MAX_GRID_SIZE = 3, 30
 
+# The reference's "hard" maze set: 30x30 mazes with a shortest path longer than 110 cells.
+HARD_GRID_SIZE, HARD_MIN_PATH_LENGTH = 30, 110
+
 # Closed passages tried as loop openings, per room of the lattice.
 LOOP_TRIES_PER_ROOM = 0.2
 

@@ -8,11 +8,12 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pydantic
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from models.attention import resolve_backend
 from models.initializers import trunc_normal_init_
-from models.routing import Controller, RoutingConfig, RoutingOutput, build_router, summarize_routing
+from models.routing import Controller, RoutingCall, RoutingConfig, RoutingOutput, build_router, summarize_routing
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.sparse_embedding import CastedSparseEmbedding
 
@@ -20,17 +21,17 @@ logger = logging.getLogger(__name__)
 
 Batch = Dict[str, torch.Tensor]
 
+# The reasoning levels, high and low, as routing states and routing figures name them.
+LEVELS = ("H", "L")
 
-class HRMConfig(pydantic.BaseModel):
-    """Architecture of `hrm_v1`, with the reference's key names and defaults."""
+
+class HRMArchConfig(pydantic.BaseModel):
+    """Architecture of `hrm_v1` as a run config's `arch` block sets it, with the reference's key names and
+    defaults; the sizes that come from the dataset are HRMConfig's."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    batch_size: int = pydantic.Field(gt=0, description="sequences per rank")
-    seq_len: int = pydantic.Field(gt=0)
     puzzle_emb_ndim: int = pydantic.Field(0, ge=0, description="0 disables the puzzle embedding")
-    num_puzzle_identifiers: int = pydantic.Field(gt=0)
-    vocab_size: int = pydantic.Field(gt=0)
     H_cycles: int = pydantic.Field(gt=0)
     L_cycles: int = pydantic.Field(gt=0)
     H_layers: int = pydantic.Field(gt=0)
@@ -48,10 +49,19 @@ class HRMConfig(pydantic.BaseModel):
     routing: RoutingConfig = RoutingConfig()
 
     @pydantic.model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "HRMConfig":
+    def _heads_divide_hidden(self) -> "HRMArchConfig":
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
+
+
+class HRMConfig(HRMArchConfig):
+    """The architecture with the sizes its dataset and batch give it."""
+
+    batch_size: int = pydantic.Field(gt=0, description="sequences per rank")
+    seq_len: int = pydantic.Field(gt=0)
+    num_puzzle_identifiers: int = pydantic.Field(gt=0)
+    vocab_size: int = pydantic.Field(gt=0)
 
     @property
     def puzzle_emb_len(self) -> int:
@@ -95,17 +105,18 @@ class ReasoningModule(nn.Module):
             self.router = build_router(config.routing, config.hidden_size, config.num_heads)
 
     def forward(self, hidden_states: torch.Tensor, injection: torch.Tensor, cos_sin: Optional[CosSin],
-                router_state: Any = None) -> Tuple[torch.Tensor, Any, Optional[Dict[str, Any]]]:
-        """Returns the new hidden states, the router's new state and its aux outputs (None without routing)."""
+                router_state: Any = None) -> Tuple[torch.Tensor, Any, Optional[RoutingCall]]:
+        """Returns the new hidden states, the router's new state and what it routed (None without routing)."""
         hidden_states = hidden_states + injection
-        head_weights, aux = None, None
+        head_weights, routing = None, None
         if hasattr(self, "router"):
             # The controller runs in float32; `heads * alpha` is exactly 1 for uniform routing.
-            alphas, router_state, aux = self.router(hidden_states.float(), state=router_state, per_token=self.per_token)
+            alphas, router_state, routing = self.router(hidden_states.float(), state=router_state,
+                                                        per_token=self.per_token)
             head_weights = alphas * self.num_heads
         for layer in self.layers:
             hidden_states = layer(hidden_states, cos_sin, head_weights)
-        return hidden_states, router_state, aux
+        return hidden_states, router_state, routing
 
 
 @dataclass
@@ -130,6 +141,11 @@ class ACTCarry:
     steps: torch.Tensor
     halted: torch.Tensor
     current_data: Batch
+
+
+# Carries are pytrees, so training moves, joins and splits them leaf by leaf with torch.utils._pytree.
+pytree.register_dataclass(InnerCarry)
+pytree.register_dataclass(ACTCarry)
 
 
 class HierarchicalReasoningModel(nn.Module):
@@ -184,7 +200,7 @@ class HierarchicalReasoningModel(nn.Module):
         return self.embed_scale * embedding
 
     def levels(self) -> Dict[str, ReasoningModule]:
-        return {"H": self.H_level, "L": self.L_level}
+        return dict(zip(LEVELS, (self.H_level, self.L_level)))
 
     def routers(self) -> Dict[str, Controller]:
         """The routing controller of each routed level ("H", "L"); empty without routing."""
@@ -219,13 +235,13 @@ class HierarchicalReasoningModel(nn.Module):
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
         router_states = dict(carry.router_states)
-        routing_aux: Dict[str, List[dict]] = {name: [] for name in router_states}
+        routing_calls: Dict[str, List[RoutingCall]] = {name: [] for name in router_states}
 
         def run(name: str, hidden: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-            hidden, state, aux = self.levels()[name](hidden, injection, cos_sin, router_states.get(name))
-            if aux is not None:
+            hidden, state, routing = self.levels()[name](hidden, injection, cos_sin, router_states.get(name))
+            if routing is not None:
                 router_states[name] = state
-                routing_aux[name].append(aux)
+                routing_calls[name].append(routing)
             return hidden
 
         # All cycles but the last L and H updates run without gradient (the "1-step gradient").
@@ -244,7 +260,7 @@ class HierarchicalReasoningModel(nn.Module):
                                router_states={k: s.detach() if s is not None else None for k, s in router_states.items()})
         logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
-        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), summarize_routing(routing_aux)
+        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), summarize_routing(routing_calls)
 
 
 class HierarchicalReasoningModelACT(nn.Module):
@@ -260,11 +276,6 @@ class HierarchicalReasoningModelACT(nn.Module):
 
     def parameter_groups(self) -> ParameterGroups:
         return self.inner.parameter_groups()
-
-    def set_routing_temperature(self, temperature: float, minimum: Optional[float] = None) -> None:
-        """Set every controller's softmax temperature (floored at `minimum` when given, else the controller's)."""
-        for router in self.routers().values():
-            router.set_temperature(temperature, minimum)
 
     def initial_carry(self, batch: Batch) -> ACTCarry:
         batch_size, device = batch["inputs"].shape[0], batch["inputs"].device

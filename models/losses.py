@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.common import IGNORE_LABEL_ID
+from dataset.format import IGNORE_LABEL_ID
 from models.hrm import ACTCarry, Batch, ParameterGroups
 from models.routing import Controller, RoutingOutput
 
@@ -89,9 +89,6 @@ class ACTLossHead(nn.Module):
 
     def parameter_groups(self) -> ParameterGroups:
         return self.model.parameter_groups()
-
-    def set_routing_temperature(self, temperature: float, minimum: Optional[float] = None) -> None:
-        self.model.set_routing_temperature(temperature, minimum)
 
     def set_routing_loss_weights(self, entropy: float, ponder: float) -> None:
         """Weights of the entropy bonus and the ponder cost (in-place: a compiled model does not recompile)."""

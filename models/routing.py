@@ -18,10 +18,9 @@ is used as is; `per_token=True` routes every token, `[B, L, heads]`. Routers rea
 across calls is the caller's business. Routing runs in the controller's parameter dtype (float32)
 whatever the activations' dtype; callers cast `alphas` when mixing.
 
-`aux` holds `router_logits`, `alphas`, `entropy` (differentiable scalar: mean routing entropy),
-`temperature` (0-d tensor) and, with top-k, `topk_idx`; the HRM controllers add `n_H_updates` (how many
-sequences' slow state updated in this call) and the ACT one `halt_prob` and `ponder_cost`.
-`return_aux=False` gives an empty dict.
+The third result, `aux`, is a `RoutingCall`: the call's logits, alphas, differentiable mean entropy and
+temperature and, where the controller has them, top-k indices, slow updates, halting probabilities and
+ponder cost; its `diagnostics()` are the call's summary figures. `return_aux=False` gives None.
 
 Temperature is a buffer changed in place by `set_temperature`, never a parameter, so the optimizer cannot
 undo an annealing schedule, and a compiled model reads the new value without recompiling (a Python float
@@ -31,15 +30,14 @@ syncs, so it runs under `torch.compile`; a recurrent state is a dataclass of ten
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import pydantic
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
-
-Aux = Dict[str, object]
 
 # The one default temperature pair (soft start, sharper floor), used by every controller and by training's
 # temperature schedule.
@@ -64,21 +62,58 @@ def row_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(dim=-1)
 
 
-def routing_diagnostics(alphas: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Summary statistics of routing weights `[..., heads]` over all rows (leading dims flattened).
+@dataclass
+class RoutingDiagnostics:
+    """Summary figures of routing weights `[..., heads]` over all rows (leading dims flattened).
 
-    routing_entropy_mean / routing_entropy_std: entropy per row (population std, so one row gives 0);
-    head_herfindahl: mean sum of squared weights (1/heads when uniform, 1 when one head takes all);
-    top1_share: mean largest weight. Values stay tensors so the caller decides when to synchronise.
+    entropy_mean / entropy_std: entropy per row (population std, so one row gives 0); herfindahl: mean sum
+    of squared weights (1/heads when uniform, 1 when one head takes all); top1_share: mean largest weight.
+    Where known: temperature, slow_updates (how many sequences' slow state updated) and ponder_cost.
+    Values are detached tensors, so the caller decides when to synchronise.
     """
+    entropy_mean: torch.Tensor
+    entropy_std: torch.Tensor
+    herfindahl: torch.Tensor
+    top1_share: torch.Tensor
+    temperature: Optional[torch.Tensor] = None
+    slow_updates: Optional[torch.Tensor] = None
+    ponder_cost: Optional[torch.Tensor] = None
+
+    def figures(self) -> Dict[str, torch.Tensor]:
+        """The figures present, by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def routing_diagnostics(alphas: torch.Tensor) -> RoutingDiagnostics:
+    """The summary figures of routing weights `alphas` `[..., heads]` (see `RoutingDiagnostics`)."""
     rows = alphas.detach().reshape(-1, alphas.shape[-1]).float()
     entropy = row_entropy(rows)
-    return {
-        "routing_entropy_mean": entropy.mean(),
-        "routing_entropy_std": entropy.std(correction=0),
-        "head_herfindahl": rows.square().sum(dim=-1).mean(),
-        "top1_share": rows.max(dim=-1).values.mean(),
-    }
+    return RoutingDiagnostics(entropy_mean=entropy.mean(), entropy_std=entropy.std(correction=0),
+                              herfindahl=rows.square().sum(dim=-1).mean(), top1_share=rows.max(dim=-1).values.mean())
+
+
+@dataclass
+class RoutingCall:
+    """What one controller call routed, beside the alphas it returns.
+
+    router_logits: [..., heads]; alphas: [..., heads]; entropy: differentiable scalar, the mean routing
+    entropy; temperature: 0-d tensor. Where the controller has them: topk_idx (top-k), slow_updates (how
+    many sequences' slow state updated), halt_prob ([B]) and the differentiable ponder_cost (hrm_act).
+    """
+    router_logits: torch.Tensor
+    alphas: torch.Tensor
+    entropy: torch.Tensor
+    temperature: torch.Tensor
+    topk_idx: Optional[torch.Tensor] = None
+    slow_updates: Optional[torch.Tensor] = None
+    halt_prob: Optional[torch.Tensor] = None
+    ponder_cost: Optional[torch.Tensor] = None
+
+    def diagnostics(self) -> RoutingDiagnostics:
+        """This call's summary figures."""
+        return replace(routing_diagnostics(self.alphas), temperature=self.temperature.detach().float(),
+                       slow_updates=None if self.slow_updates is None else self.slow_updates.float(),
+                       ponder_cost=None if self.ponder_cost is None else self.ponder_cost.detach())
 
 
 def router_mlp(d_in: int, d_hidden: int, n_heads: int, dropout: float) -> nn.Sequential:
@@ -86,7 +121,7 @@ def router_mlp(d_in: int, d_hidden: int, n_heads: int, dropout: float) -> nn.Seq
 
 
 class RoutingController(nn.Module):
-    """What the controllers share: temperature, optional top-k, and turning logits into alphas and aux."""
+    """What the controllers share: temperature, optional top-k, and turning logits into alphas."""
 
     def __init__(self, n_heads: int, topk: Optional[int], temperature_init: float, temperature_min: float):
         super().__init__()
@@ -115,8 +150,8 @@ class RoutingController(nn.Module):
         return self.temperature_tensor.item()
 
     def route(self, logits: torch.Tensor, token_mask: Optional[torch.Tensor],
-              return_aux: bool) -> Tuple[torch.Tensor, Aux]:
-        """Logits `[..., heads]` -> alphas (temperature softmax, then top-k renormalised) and the aux dict.
+              return_aux: bool) -> Tuple[torch.Tensor, Optional[RoutingCall]]:
+        """Logits `[..., heads]` -> alphas (temperature softmax, then top-k renormalised) and the call's routing.
 
         `token_mask` (per-token routing only) leaves padded tokens out of the entropy average.
         """
@@ -126,15 +161,12 @@ class RoutingController(nn.Module):
             top_probs, topk_idx = probs.topk(self.topk, dim=-1)
             alphas = torch.zeros_like(probs).scatter(-1, topk_idx, top_probs / top_probs.sum(-1, keepdim=True))
         if not return_aux:
-            return alphas, {}
+            return alphas, None
         entropy = row_entropy(alphas)
         if entropy.ndim == 2:  # per token: average over kept tokens first, then over the batch
             entropy = masked_mean(entropy, token_mask)
-        aux: Aux = {"router_logits": logits, "alphas": alphas, "entropy": entropy.mean(),
-                    "temperature": self.temperature_tensor}
-        if topk_idx is not None:
-            aux["topk_idx"] = topk_idx
-        return alphas, aux
+        return alphas, RoutingCall(router_logits=logits, alphas=alphas, entropy=entropy.mean(),
+                                   temperature=self.temperature_tensor, topk_idx=topk_idx)
 
 
 def check_per_token_input(x: torch.Tensor, per_token: bool) -> None:
@@ -156,7 +188,7 @@ class PointerOverHeadsController(RoutingController):
 
     def forward(self, x: torch.Tensor, head_outputs: Optional[torch.Tensor] = None, *, state: None = None,
                 mask: Optional[torch.Tensor] = None, return_aux: bool = True,
-                per_token: bool = False) -> Tuple[torch.Tensor, None, Aux]:
+                per_token: bool = False) -> Tuple[torch.Tensor, None, Optional[RoutingCall]]:
         check_per_token_input(x, per_token)
         x = x.to(self.router[0].weight.dtype)
         if not per_token and x.ndim == 3:
@@ -260,7 +292,7 @@ class HRMPointerController(TwoTimescaleController):
 
     def forward(self, x: torch.Tensor, head_outputs: Optional[torch.Tensor] = None, *,
                 state: Optional[HRMState] = None, mask: Optional[torch.Tensor] = None, return_aux: bool = True,
-                per_token: bool = False) -> Tuple[torch.Tensor, HRMState, Aux]:
+                per_token: bool = False) -> Tuple[torch.Tensor, HRMState, Optional[RoutingCall]]:
         if state is None:
             state = self.init_state(x.shape[0], x.device)
         x_ctrl, token_offset = self.controller_input(x, mask, per_token)
@@ -271,8 +303,8 @@ class HRMPointerController(TwoTimescaleController):
         z_L = self.fast_update(x_ctrl, z_H, state.z_L)
 
         alphas, aux = self.route(self.router_logits(z_L, z_H, token_offset), mask if per_token else None, return_aux)
-        if return_aux:
-            aux["n_H_updates"] = update_H.sum()
+        if aux is not None:
+            aux.slow_updates = update_H.sum()
         return alphas, HRMState(z_L=z_L, z_H=z_H, step=state.step + 1), aux
 
 
@@ -282,6 +314,11 @@ class ACTState(HRMState):
     (`halt_accum`, float) and the number of calls since then (`ponders`, long)."""
     halt_accum: torch.Tensor
     ponders: torch.Tensor
+
+
+# Recurrent states are pytrees, as the ACT carries that hold them.
+pytree.register_dataclass(HRMState)
+pytree.register_dataclass(ACTState)
 
 
 class ACTHRMPointerController(TwoTimescaleController):
@@ -294,7 +331,7 @@ class ACTHRMPointerController(TwoTimescaleController):
     with p ~ 0 reproduces the fixed-period controller. The gate starts at p = 1/4 everywhere (zero
     weights), i.e. an update every 4 calls, like the fixed-period default.
 
-    Learning signals for p: `aux["ponder_cost"]` (sum of this call's p over the batch; the trainer adds
+    Learning signals for p: `aux.ponder_cost` (sum of this call's p over the batch; the trainer adds
     `ponder_tau * ponder_cost`) pushes towards fewer updates, and a straight-through estimator lets the
     task loss push the other way: the forward uses the hard decision, the backward treats the slow state
     as z_H_old + p * (z_H_candidate - z_H_old).
@@ -324,7 +361,7 @@ class ACTHRMPointerController(TwoTimescaleController):
 
     def forward(self, x: torch.Tensor, head_outputs: Optional[torch.Tensor] = None, *,
                 state: Optional[ACTState] = None, mask: Optional[torch.Tensor] = None, return_aux: bool = True,
-                per_token: bool = False) -> Tuple[torch.Tensor, ACTState, Aux]:
+                per_token: bool = False) -> Tuple[torch.Tensor, ACTState, Optional[RoutingCall]]:
         if state is None:
             state = self.init_state(x.shape[0], x.device)
         x_ctrl, token_offset = self.controller_input(x, mask, per_token)
@@ -341,10 +378,10 @@ class ACTHRMPointerController(TwoTimescaleController):
         z_L = self.fast_update(x_ctrl, z_H, state.z_L)
 
         alphas, aux = self.route(self.router_logits(z_L, z_H, token_offset), mask if per_token else None, return_aux)
-        if return_aux:
-            aux["ponder_cost"] = halt_prob.sum()
-            aux["n_H_updates"] = update_H.sum()
-            aux["halt_prob"] = halt_prob
+        if aux is not None:
+            aux.ponder_cost = halt_prob.sum()
+            aux.slow_updates = update_H.sum()
+            aux.halt_prob = halt_prob
         new_state = ACTState(z_L=z_L, z_H=z_H, step=state.step + 1,
                              halt_accum=torch.where(update_H, torch.zeros_like(halt_accum), halt_accum),
                              ponders=torch.where(update_H, torch.zeros_like(ponders), ponders))
@@ -402,12 +439,11 @@ class LevelRouting:
     """One level's routing in one ACT step.
 
     alphas: [B, calls, heads], every call's weights in call order (per-token weights averaged over tokens);
-    diagnostics: the last call's summary statistics (see `routing_diagnostics`), plus `temperature`,
-    `n_H_updates` (slow updates summed over the step's calls) and `ponder_cost` where the controller has
-    them. Each is a mean or a per-step count: callers average them over steps and processes.
+    diagnostics: the last call's, with slow_updates summed over the step's calls. Each figure is a mean
+    or a per-step count: callers average them over steps and processes.
     """
     alphas: torch.Tensor
-    diagnostics: Dict[str, torch.Tensor]
+    diagnostics: RoutingDiagnostics
 
 
 @dataclass
@@ -422,24 +458,20 @@ class RoutingOutput:
     levels: Dict[str, LevelRouting]
 
 
-def summarize_routing(aux_by_level: Dict[str, List[Aux]]) -> Optional[RoutingOutput]:
-    """Turn each level's per-call aux dicts (in call order) into a RoutingOutput; None without routing."""
-    if not aux_by_level:
+def summarize_routing(calls_by_level: Dict[str, List[RoutingCall]]) -> Optional[RoutingOutput]:
+    """Turn each level's controller calls (in call order) into a RoutingOutput; None without routing."""
+    if not calls_by_level:
         return None
-    last_calls = [calls[-1] for calls in aux_by_level.values()]
-    has_ponder = all("ponder_cost" in aux for aux in last_calls)
+    last_calls = [calls[-1] for calls in calls_by_level.values()]
+    has_ponder = all(call.ponder_cost is not None for call in last_calls)
     levels = {}
-    for level, calls in aux_by_level.items():
-        alphas = [aux["alphas"].mean(dim=1) if aux["alphas"].ndim == 3 else aux["alphas"] for aux in calls]
-        last = calls[-1]
-        diagnostics = routing_diagnostics(last["alphas"])
-        diagnostics["temperature"] = last["temperature"].detach().float()
-        if "n_H_updates" in last:
-            diagnostics["n_H_updates"] = torch.stack([aux["n_H_updates"] for aux in calls]).sum().float()
-        if "ponder_cost" in last:
-            diagnostics["ponder_cost"] = last["ponder_cost"].detach()
+    for level, calls in calls_by_level.items():
+        alphas = [call.alphas.mean(dim=1) if call.alphas.ndim == 3 else call.alphas for call in calls]
+        diagnostics = calls[-1].diagnostics()
+        if diagnostics.slow_updates is not None:
+            diagnostics.slow_updates = torch.stack([call.slow_updates for call in calls]).sum().float()
         levels[level] = LevelRouting(alphas=torch.stack(alphas, dim=1).detach(), diagnostics=diagnostics)
     return RoutingOutput(
-        entropy=torch.stack([aux["entropy"] for aux in last_calls]).mean(),
-        ponder_cost=torch.stack([aux["ponder_cost"] for aux in last_calls]).sum() if has_ponder else None,
+        entropy=torch.stack([call.entropy for call in last_calls]).mean(),
+        ponder_cost=torch.stack([call.ponder_cost for call in last_calls]).sum() if has_ponder else None,
         levels=levels)

@@ -28,10 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
-from puzzle_tools.dataset_reader import IDENTIFIERS_FILE, TEST_PUZZLES_FILE, DatasetSplit, read_split, read_test_puzzles
+from dataset.format import IDENTIFIERS_FILE, TEST_PUZZLES_FILE, read_test_puzzles
+from puzzle_tools.dataset_reader import NamedSplit, read_named_split
 from puzzle_tools.grids import ARC, ArcVersion, crop_arc_canvas, parse_arc_version, to_original_frame
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import ToolInputError, write_text_atomically
+from puzzle_tools.tool_io import ToolInputError
+from training.run_folder import write_text
 
 DEFAULT_KS = (1, 2, 10, 100, 1000)
 TEST_SPLIT = "test"
@@ -77,7 +79,7 @@ class VoteResult:
     unmatched_predictions: int
 
 
-def split_puzzle_names(split: DatasetSplit) -> List[str]:
+def split_puzzle_names(split: NamedSplit) -> List[str]:
     """The original puzzles with a version in the split, sorted."""
     identifiers = np.unique(np.concatenate([s.puzzle_identifiers for s in split.sets.values()]))
     return sorted({parse_arc_version(split.identifier_name(int(i))).puzzle for i in identifiers})
@@ -99,7 +101,7 @@ def expected_test_outputs(dataset_dir: str, puzzle_names: Sequence[str]) -> Dict
     return pairs
 
 
-def rank_answers(split: DatasetSplit, predictions: Predictions,
+def rank_answers(split: NamedSplit, predictions: Predictions,
                  puzzle_names: Optional[Collection[str]] = None) -> VoteResult:
     """Vote per test input of each original puzzle of the (test) split, or of `puzzle_names` only."""
     if split.task.kind != ARC:
@@ -183,7 +185,7 @@ def submission(result: VoteResult) -> Dict[str, List[Dict[str, list]]]:
 
 
 def vote_predictions(dataset_dir: str, prediction_prefix: str) -> VoteResult:
-    split = read_split(dataset_dir, TEST_SPLIT)
+    split = read_named_split(dataset_dir, TEST_SPLIT)
     predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id)
     return rank_answers(split, predictions)
 
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
     def run() -> None:
         result = vote_predictions(args.dataset, args.predictions)
         if args.submission:
-            write_text_atomically(args.submission, json.dumps(submission(result)))
+            write_text(args.submission, json.dumps(submission(result)))
         print(json.dumps(score(result, args.k), indent=2))
 
     return exit_status(run)

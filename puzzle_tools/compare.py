@@ -40,6 +40,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
+from training.run_folder import atomic_path
 
 BOOTSTRAP_RESAMPLES = 9999
 CONFIDENCE_LEVEL = 0.95
@@ -182,15 +183,11 @@ def plot(result: Comparison, path: str) -> None:
     diff_axes.set_xticks([0], ["treatment - baseline"])
     diff_axes.set_title(f"difference, bootstrap 95% CI\np = {result.p_value:.3g}, d = {result.cohens_d:.3g}")
     figure.tight_layout()
-    # Beside the target, so the rename is atomic; named by the process so concurrent plots never collide.
-    tmp_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        figure.savefig(tmp_path, format="png", dpi=120)
-        os.replace(tmp_path, path)
+        with atomic_path(path) as tmp_path:
+            figure.savefig(tmp_path, format="png", dpi=120)
     finally:
         plt.close(figure)
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 def compare_arms(args: argparse.Namespace) -> None:

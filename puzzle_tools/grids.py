@@ -9,15 +9,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from dataset.build_arc_dataset import COLOUR_OFFSET, GRID_SIZE as ARC_CANVAS_SIDE, VOCAB_SIZE as ARC_VOCAB_SIZE
-from dataset.build_maze_dataset import CHARSET as MAZE_CHARSET
-from dataset.common import PuzzleDatasetMetadata, inverse_dihedral_transform
+from dataset.common import inverse_dihedral_transform
+from dataset.format import (ARC_COLOUR_OFFSET, ARC_GRID_SIZE, ARC_NUM_COLOURS, ARC_SEQ_LEN, ARC_VOCAB_SIZE,
+                            MAZE_CHARSET, MAZE_VOCAB_SIZE, SUDOKU_SEQ_LEN, SUDOKU_SIDE, SUDOKU_VOCAB_SIZE,
+                            PuzzleDatasetMetadata)
 
 SUDOKU, MAZE, ARC, GENERIC = "sudoku", "maze", "arc", "generic"
-SUDOKU_SIDE = 9
-SUDOKU_VOCAB_SIZE = 11  # pad + blank + 9 digits
-MAZE_VOCAB_SIZE = len(MAZE_CHARSET) + 1  # pad + one token per character
-NUM_ARC_COLOURS = 10
 
 # A decoded cell without a value: padding, or a label cell the loss ignores.
 EMPTY = -1
@@ -43,12 +40,12 @@ def detect_task(metadata: PuzzleDatasetMetadata) -> Task:
     """The task of a dataset split from its vocabulary and sequence length (the builders' layouts)."""
     side = math.isqrt(metadata.seq_len)
     square = side * side == metadata.seq_len
-    if metadata.vocab_size == SUDOKU_VOCAB_SIZE and metadata.seq_len == SUDOKU_SIDE * SUDOKU_SIDE:
+    if metadata.vocab_size == SUDOKU_VOCAB_SIZE and metadata.seq_len == SUDOKU_SEQ_LEN:
         return Task(SUDOKU, SUDOKU_SIDE, SUDOKU_SIDE)
     if metadata.vocab_size == MAZE_VOCAB_SIZE and square:
         return Task(MAZE, side, side)
-    if metadata.vocab_size == ARC_VOCAB_SIZE and metadata.seq_len == ARC_CANVAS_SIDE * ARC_CANVAS_SIDE:
-        return Task(ARC, ARC_CANVAS_SIDE, ARC_CANVAS_SIDE)
+    if metadata.vocab_size == ARC_VOCAB_SIZE and metadata.seq_len == ARC_SEQ_LEN:
+        return Task(ARC, ARC_GRID_SIZE, ARC_GRID_SIZE)
     # Any other layout is shown as its raw tokens, square when the length allows.
     return Task(GENERIC, side, side) if square else Task(GENERIC, 1, metadata.seq_len)
 
@@ -56,8 +53,8 @@ def detect_task(metadata: PuzzleDatasetMetadata) -> Task:
 def arc_grid_origin(input_tokens: np.ndarray) -> Tuple[int, int]:
     """Top-left canvas cell of the grid an ARC input holds (training examples are shifted on the canvas;
     an example's label sits at its input's offset). (0, 0) when the input holds no colour."""
-    canvas = np.asarray(input_tokens).reshape(ARC_CANVAS_SIDE, ARC_CANVAS_SIDE)
-    rows, cols = np.nonzero(canvas >= COLOUR_OFFSET)
+    canvas = np.asarray(input_tokens).reshape(ARC_GRID_SIZE, ARC_GRID_SIZE)
+    rows, cols = np.nonzero(canvas >= ARC_COLOUR_OFFSET)
     return (int(rows.min()), int(cols.min())) if len(rows) else (0, 0)
 
 
@@ -69,8 +66,8 @@ def crop_arc_canvas(tokens: np.ndarray, origin: Tuple[int, int] = (0, 0)) -> np.
     area (the first one, on ties) wins. Pad, end markers and ignored labels all end a run. A canvas without
     a colour at `origin` gives a 0x0 grid.
     """
-    canvas = np.asarray(tokens).reshape(ARC_CANVAS_SIDE, ARC_CANVAS_SIDE)[origin[0]:, origin[1]:].astype(np.int32)
-    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + NUM_ARC_COLOURS)
+    canvas = np.asarray(tokens).reshape(ARC_GRID_SIZE, ARC_GRID_SIZE)[origin[0]:, origin[1]:].astype(np.int32)
+    is_colour = (canvas >= ARC_COLOUR_OFFSET) & (canvas < ARC_COLOUR_OFFSET + ARC_NUM_COLOURS)
     # Leading colour run per row: the first non-colour's column, or the full width.
     leading_colours = np.where(is_colour.all(axis=1), canvas.shape[1], np.argmin(is_colour, axis=1))
     widths = np.minimum.accumulate(leading_colours)
@@ -78,7 +75,7 @@ def crop_arc_canvas(tokens: np.ndarray, origin: Tuple[int, int] = (0, 0)) -> np.
     num_rows = int(np.argmax(areas)) + 1
     if areas[num_rows - 1] == 0:
         return np.zeros((0, 0), dtype=np.int32)
-    return canvas[:num_rows, :widths[num_rows - 1]] - COLOUR_OFFSET
+    return canvas[:num_rows, :widths[num_rows - 1]] - ARC_COLOUR_OFFSET
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class ArcVersion:
 def parse_arc_version(name: str) -> ArcVersion:
     match = ARC_VERSION_NAME.fullmatch(name)
     if match is None:
-        return ArcVersion(name, 0, tuple(range(NUM_ARC_COLOURS)))
+        return ArcVersion(name, 0, tuple(range(ARC_NUM_COLOURS)))
     return ArcVersion(match["puzzle"], int(match["transform"]), tuple(int(c) for c in match["colours"]))
 
 

@@ -21,8 +21,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
-from puzzle_tools.tool_io import ToolInputError, write_atomically
-from training.metrics_log import METRICS_FILE
+from models.hrm import LEVELS
+from puzzle_tools.tool_io import ToolInputError
+from training.metrics import TRAIN_PREFIX, routing_metric_name
+from training.run_folder import METRICS_FILE, atomic_path, read_metrics
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,7 +32,6 @@ try:
 except ImportError:  # the optional `plot` extra
     Figure = None
 
-TRAIN_PREFIX = "train/"
 EVALUATION_MARKERS = ("o", "s", "^", "D", "v")
 METRIC_LINE_STYLES = ("-", "--", ":", "-.")
 PANEL_SIZE_INCHES = (6.0, 4.0)
@@ -50,9 +51,9 @@ FIGURES: Dict[str, Tuple[Panel, ...]] = {
     "accuracy": (Panel("token accuracy", (("accuracy", ""),)),
                  Panel("exact accuracy", (("exact_accuracy", ""),))),
     "lr": (Panel("learning rate", (("lr", ""),), with_evaluations=False),),
-    "routing": (Panel("routing entropy (mean)", (("routing/routing_entropy_mean_H", "H"),
-                                                 ("routing/routing_entropy_mean_L", "L")), with_evaluations=False),
-                Panel("top-1 head share", (("routing/top1_share_H", "H"), ("routing/top1_share_L", "L")),
+    "routing": (Panel("routing entropy (mean)", tuple((routing_metric_name("entropy_mean", level), level)
+                                                      for level in LEVELS), with_evaluations=False),
+                Panel("top-1 head share", tuple((routing_metric_name("top1_share", level), level) for level in LEVELS),
                       with_evaluations=False)),
 }
 
@@ -81,25 +82,16 @@ def read_run(run_dir: str) -> RunMetrics:
     if not os.path.isfile(path):
         raise ToolInputError(f"{path}: file not found")
     rows: Dict[int, Dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ToolInputError(f"{path}, line {line_number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ToolInputError(f"{path}, line {line_number}: expected a JSON object")
-            if "step" not in row:
-                continue
-            step = row.pop("step")
-            if not isinstance(step, int) or isinstance(step, bool):
-                raise ToolInputError(f"{path}, line {line_number}: \"step\" must be an integer, got {step!r}")
-            # A repeated step (after a resume) overwrites the values logged before.
-            rows.setdefault(step, {}).update(
-                (key, float(value)) for key, value in row.items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    for row in read_metrics(path):
+        if "step" not in row:
+            continue
+        step = row.pop("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ToolInputError(f"{path}: \"step\" must be an integer, got {step!r}")
+        # A repeated step (after a resume) overwrites the values logged before.
+        rows.setdefault(step, {}).update(
+            (key, float(value)) for key, value in row.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
     if not rows:
         raise ToolInputError(f"{path}: no rows with a \"step\"")
     return RunMetrics(os.path.basename(os.path.normpath(run_dir)), rows)
@@ -167,7 +159,8 @@ def plot_runs(run_dirs: List[str], out_dir: str) -> List[str]:
         if figure is None:
             continue
         path = os.path.join(out_dir, f"plot_{name}.png")
-        write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=100)
         written.append(path)
     return written
 

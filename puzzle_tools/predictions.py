@@ -2,7 +2,7 @@
 into one typed structure.
 
 Two formats, both a `torch.save`d dict of tensors with `inputs` [N, S], `labels` [N, S] (unlabelled cells
--100), `puzzle_identifiers` [N] and `q_halt_logits` [N]:
+-100), `puzzle_identifiers` [N] and `q_halt_logits` [N] (a reader that needs only some of these says which):
   ours             `preds` [N, S]: the argmax token ids; padding rows already dropped.
   the reference's  `logits` [N, S, V] instead of `preds` (the argmax is taken here), padding rows included.
 """
@@ -19,7 +19,10 @@ import torch
 
 from puzzle_tools.tool_io import ToolInputError
 
-REQUIRED_KEYS = ("inputs", "puzzle_identifiers", "q_halt_logits")
+# Saved beside the predictions; voting and the halting views need puzzle_identifiers and q_halt_logits, while
+# scoring Sudoku needs only labels (`evaluate.py --save-outputs inputs,labels,preds`).
+OPTIONAL_KEYS = ("labels", "puzzle_identifiers", "q_halt_logits")
+VOTING_KEYS = ("puzzle_identifiers", "q_halt_logits")
 OURS_PREDICTION_KEY = "preds"
 REFERENCE_PREDICTION_KEY = "logits"
 # Rows of reference logits reduced at once: a full ARC evaluation's logits are tens of gigabytes.
@@ -31,11 +34,13 @@ class Predictions:
     """Every rank's prediction rows, padding dropped, in rank order."""
     prefix: str  # as given: PREFIX of the rank files, or the one file
     files: List[str]
+    rows_per_file: List[int]  # real rows of each file, in `files` order
     inputs: np.ndarray  # [N, S] input tokens
-    labels: Optional[np.ndarray]  # [N, S] label tokens, -100 on unlabelled cells; None when not saved
-    puzzle_identifiers: np.ndarray  # [N]
     preds: np.ndarray  # [N, S] predicted tokens
-    q_halt_logits: np.ndarray  # [N] float32
+    # Each None when not saved:
+    labels: Optional[np.ndarray]  # [N, S] label tokens, -100 on unlabelled cells
+    puzzle_identifiers: Optional[np.ndarray]  # [N]
+    q_halt_logits: Optional[np.ndarray]  # [N] float32
 
     def __len__(self) -> int:
         return len(self.preds)
@@ -44,6 +49,11 @@ class Predictions:
     def halt_probabilities(self) -> np.ndarray:
         """sigmoid(q_halt_logits): the Q head's confidence that a row's answer is final."""
         return 1.0 / (1.0 + np.exp(-self.q_halt_logits.astype(np.float64)))
+
+    def source_of(self, row: int) -> Tuple[str, int]:
+        """The file a row was read from and its position among that file's real (not padding) rows."""
+        file = int(np.searchsorted(np.cumsum(self.rows_per_file), row, side="right"))
+        return self.files[file], row - sum(self.rows_per_file[:file])
 
     def find_rows(self, puzzle_identifiers: Sequence[int], inputs: np.ndarray) -> np.ndarray:
         """For each queried example (its identifier and input tokens), the first prediction row with the same
@@ -90,7 +100,7 @@ def compact_tokens(tensor: torch.Tensor) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def load_file(path: str) -> Dict[str, torch.Tensor]:
+def load_file(path: str, required_keys: Sequence[str]) -> Dict[str, torch.Tensor]:
     try:
         # mmap: the reference's logits need not fit in memory at once.
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -102,7 +112,7 @@ def load_file(path: str) -> Dict[str, torch.Tensor]:
     if OURS_PREDICTION_KEY not in content and REFERENCE_PREDICTION_KEY not in content:
         raise ToolInputError(f"{path}: no key {OURS_PREDICTION_KEY!r} (argmax token ids) or "
                              f"{REFERENCE_PREDICTION_KEY!r} (the reference's logits)")
-    for key in REQUIRED_KEYS:
+    for key in ("inputs", *required_keys):
         if key not in content:
             raise ToolInputError(f"{path}: no key {key!r}")
     for key, value in content.items():
@@ -124,8 +134,9 @@ def predicted_tokens(content: Dict[str, torch.Tensor], path: str) -> torch.Tenso
     return preds
 
 
-def read_rank_file(path: str, blank_identifier_id: int, pad_id: int) -> Dict[str, np.ndarray]:
-    content = load_file(path)
+def read_rank_file(path: str, blank_identifier_id: int, pad_id: int,
+                   required_keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    content = load_file(path, required_keys)
     preds = predicted_tokens(content, path)
     inputs = content["inputs"]
     if inputs.ndim != 2:
@@ -140,23 +151,32 @@ def read_rank_file(path: str, blank_identifier_id: int, pad_id: int) -> Dict[str
                                  f"{list(expected_shapes[key])} to match 'inputs' {list(inputs.shape)}")
     # Padding rows (the reference keeps them) have the blank identifier and all-pad inputs. The identifier
     # alone is not enough: Sudoku and maze puzzles all have the blank identifier.
-    real_rows = ~((content["puzzle_identifiers"] == blank_identifier_id) & (inputs == pad_id).all(dim=1))
-    arrays = {"inputs": compact_tokens(inputs[real_rows]), "preds": compact_tokens(preds[real_rows]),
-              "puzzle_identifiers": content["puzzle_identifiers"][real_rows].numpy().astype(np.int64),
-              "q_halt_logits": content["q_halt_logits"][real_rows].float().numpy()}
+    padding = (inputs == pad_id).all(dim=1)
+    if "puzzle_identifiers" in content:
+        padding &= content["puzzle_identifiers"] == blank_identifier_id
+    real_rows = ~padding
+    arrays = {"inputs": compact_tokens(inputs[real_rows]), "preds": compact_tokens(preds[real_rows])}
     if "labels" in content:
         arrays["labels"] = compact_tokens(content["labels"][real_rows])
+    if "puzzle_identifiers" in content:
+        arrays["puzzle_identifiers"] = content["puzzle_identifiers"][real_rows].numpy().astype(np.int64)
+    if "q_halt_logits" in content:
+        arrays["q_halt_logits"] = content["q_halt_logits"][real_rows].float().numpy()
     return arrays
 
 
-def load_predictions(prefix: str, blank_identifier_id: int = 0, pad_id: int = 0) -> Predictions:
-    """Read every rank file of `prefix`. `blank_identifier_id` and `pad_id` come from the dataset's
-    `dataset.json` and tell the reference format's padding rows."""
+def load_predictions(prefix: str, blank_identifier_id: int = 0, pad_id: int = 0,
+                     required_keys: Sequence[str] = VOTING_KEYS) -> Predictions:
+    """Read every rank file of `prefix`; each must hold `required_keys` (of OPTIONAL_KEYS) beside `inputs` and
+    the predictions. `blank_identifier_id` and `pad_id` come from the dataset's `dataset.json` and tell the
+    reference format's padding rows."""
     files = prediction_files(prefix)
-    per_file = [read_rank_file(path, blank_identifier_id, pad_id) for path in files]
-    has_labels = ["labels" in arrays for arrays in per_file]
-    if any(has_labels) and not all(has_labels):
-        raise ToolInputError(f"{files[has_labels.index(False)]}: no key 'labels' (other rank files have it)")
+    per_file = [read_rank_file(path, blank_identifier_id, pad_id, required_keys) for path in files]
+    saved_keys = [key for key in OPTIONAL_KEYS if key in per_file[0]]
+    for key in OPTIONAL_KEYS:
+        has_key = [key in arrays for arrays in per_file]
+        if any(has_key) and not all(has_key):
+            raise ToolInputError(f"{files[has_key.index(False)]}: no key {key!r} (other rank files have it)")
     lengths = {arrays["inputs"].shape[1] for arrays in per_file}
     if len(lengths) > 1:
         raise ToolInputError(f"{prefix}: rank files differ in sequence length ({sorted(lengths)})")
@@ -164,7 +184,6 @@ def load_predictions(prefix: str, blank_identifier_id: int = 0, pad_id: int = 0)
     def joined(key: str) -> np.ndarray:
         return np.concatenate([arrays[key] for arrays in per_file])
 
-    return Predictions(prefix=prefix, files=files, inputs=joined("inputs"),
-                       labels=joined("labels") if all(has_labels) else None,
-                       puzzle_identifiers=joined("puzzle_identifiers"), preds=joined("preds"),
-                       q_halt_logits=joined("q_halt_logits"))
+    return Predictions(prefix=prefix, files=files, rows_per_file=[len(arrays["inputs"]) for arrays in per_file],
+                       inputs=joined("inputs"), preds=joined("preds"),
+                       **{key: joined(key) if key in saved_keys else None for key in OPTIONAL_KEYS})

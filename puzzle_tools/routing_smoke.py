@@ -20,7 +20,7 @@ import torch
 
 from command_line import OneLineArgumentParser, run_cli
 from models.routing import (DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN, ACTHRMPointerController,
-                            HRMPointerController, PointerOverHeadsController, routing_diagnostics)
+                            HRMPointerController, PointerOverHeadsController)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,17 +65,17 @@ def main(argv=None) -> None:
 
     state = None
     for iteration in range(args.iterations):
-        temperature = max(args.temperature_min, args.temperature_init * args.temperature_decay ** iteration)
-        controller.set_temperature(temperature)
+        # The controller floors the temperature at its temperature_min.
+        controller.set_temperature(args.temperature_init * args.temperature_decay ** iteration)
         alphas, state, aux = controller(hidden, head_outputs, state=state)
         # Weighted heads, concatenated back to the model width, as the attention output before o_proj.
         hidden = hidden + (alphas[:, None, :, None] * head_outputs).flatten(2) / args.heads
 
-        stats = routing_diagnostics(alphas)
+        stats = aux.diagnostics()
         top_heads = alphas.mean(0).topk(n_top).indices.tolist()
-        slow_update = "n_H_updates" in aux and aux["n_H_updates"].item() > 0
-        print(f"iter {iteration:3d}  entropy {stats['routing_entropy_mean'].item():.4f}  "
-              f"max_prob {stats['top1_share'].item():.4f}  temp {float(aux['temperature']):.3f}  "
+        slow_update = stats.slow_updates is not None and stats.slow_updates.item() > 0
+        print(f"iter {iteration:3d}  entropy {stats.entropy_mean.item():.4f}  "
+              f"max_prob {stats.top1_share.item():.4f}  temp {stats.temperature.item():.3f}  "
               f"top_heads {','.join(map(str, top_heads))}" + ("  H-update" if slow_update else ""))
 
 

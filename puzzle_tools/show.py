@@ -16,7 +16,8 @@ from typing import List, Optional
 import numpy as np
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
-from puzzle_tools.dataset_reader import read_split
+from dataset.format import loss_labels
+from puzzle_tools.dataset_reader import read_named_split
 from puzzle_tools.grids import Task, cell_symbol, decode_example
 from puzzle_tools.predictions import load_predictions
 from puzzle_tools.tool_io import ToolInputError
@@ -37,14 +38,14 @@ def text_grid(task: Task, grid: np.ndarray, wrong: Optional[np.ndarray] = None) 
 
 def describe_example(dataset_dir: str, split_name: str, set_name: Optional[str], index: int,
                      prediction_prefix: Optional[str]) -> str:
-    split = read_split(dataset_dir, split_name)
+    split = read_named_split(dataset_dir, split_name)
     set_name = set_name or split.metadata.sets[0]
     if set_name not in split.sets:
         raise ToolInputError(f"{dataset_dir}/{split_name}/dataset.json: no set {set_name!r} "
                              f"(sets: {', '.join(split.sets)})")
     puzzle_set = split.sets[set_name]
     if not 0 <= index < puzzle_set.num_examples:
-        raise ToolInputError(f"--index {index}: {puzzle_set.inputs_path} holds examples "
+        raise ToolInputError(f"--index {index}: {puzzle_set.paths['inputs']} holds examples "
                              f"0..{puzzle_set.num_examples - 1}")
     task = split.task
     puzzle = puzzle_set.puzzle_of(index)
@@ -54,7 +55,7 @@ def describe_example(dataset_dir: str, split_name: str, set_name: Optional[str],
     if prediction_prefix is not None:
         predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id)
         (prediction_row,) = predictions.find_rows([identifier], input_tokens[None])
-    example = decode_example(task, input_tokens, split.labels(puzzle_set, [index])[0],
+    example = decode_example(task, input_tokens, loss_labels(puzzle_set.labels[index], split.metadata),
                              predictions.preds[prediction_row] if prediction_row >= 0 else None)
     lines: List[str] = [
         f"{split_name}/{set_name} example {index} of {puzzle_set.num_examples}: puzzle {puzzle}, identifier "

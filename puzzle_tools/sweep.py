@@ -66,8 +66,11 @@ import yaml
 from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
-from training.checkpointing import CONFIG_FILE
-from training.metrics_log import METRICS_FILE, read_metrics_rows
+from dataset.format import read_metadata
+from models.hrm import LEVELS
+from models.routing import RoutingDiagnostics
+from training.metrics import TRAIN_PREFIX, routing_metric_name
+from training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolderError, read_metrics, write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO_ROOT, "pretrain.py")
@@ -84,11 +87,11 @@ ROUTING_TAIL_ROWS = 5
 MEASURED_COLUMNS = ("train_time_s", "steps_per_s", "tokens_per_s", "peak_gpu_mem_gib")
 ROUTING_COLUMNS = ("routing_entropy", "head_concentration", "top1_share", "n_H_updates")
 TRAILING_COLUMNS = ("fixed_overrides", "run_dir")
-# CSV column -> logged routing diagnostic (per level) and how the levels combine.
-ROUTING_SOURCES = {"routing_entropy": ("routing_entropy_mean", "mean"),
-                   "head_concentration": ("head_herfindahl", "mean"),
+# CSV column -> routing diagnostic (a RoutingDiagnostics field, logged per level) and how the levels combine.
+ROUTING_SOURCES = {"routing_entropy": ("entropy_mean", "mean"),
+                   "head_concentration": ("herfindahl", "mean"),
                    "top1_share": ("top1_share", "mean"),
-                   "n_H_updates": ("n_H_updates", "sum")}
+                   "n_H_updates": ("slow_updates", "sum")}
 
 
 class SweepError(UserError):
@@ -288,10 +291,7 @@ def read_marker(run_dir: str) -> Optional[dict]:
 
 
 def write_marker(run_dir: str, marker: dict) -> None:
-    path = os.path.join(run_dir, MARKER_FILE)
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(marker, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+    write_text(os.path.join(run_dir, MARKER_FILE), json.dumps(marker, indent=1))
 
 
 def check_run_folders(specs: Sequence[RunSpec], csv_path: str) -> None:
@@ -337,19 +337,25 @@ def config_tokens_per_step(run_dir: str) -> Optional[int]:
     try:
         with open(os.path.join(run_dir, CONFIG_FILE)) as f:
             config = yaml.safe_load(f)
-        with open(os.path.join(config["data_path"], "train", "dataset.json")) as f:
-            return int(config["global_batch_size"]) * int(json.load(f)["seq_len"])
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return int(config["global_batch_size"]) * read_metadata(config["data_path"], "train").seq_len
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # DatasetFormatError is a ValueError
         return None
 
 
+def logged_routing(row: dict, diagnostic: str) -> List[float]:
+    """A train row's values of one routing diagnostic, one per level that logged it."""
+    keys = (TRAIN_PREFIX + routing_metric_name(diagnostic, level) for level in LEVELS)
+    return [row[key] for key in keys if key in row]
+
+
 def routing_summary(train_rows: Sequence[dict]) -> Dict[str, Optional[float]]:
-    tail = [row for row in train_rows if any(k.startswith("train/routing/") for k in row)][-ROUTING_TAIL_ROWS:]
+    diagnostics = [f.name for f in dataclasses.fields(RoutingDiagnostics)]
+    tail = [row for row in train_rows if any(logged_routing(row, d) for d in diagnostics)][-ROUTING_TAIL_ROWS:]
     summary: Dict[str, Optional[float]] = {}
-    for column, (name, combine) in ROUTING_SOURCES.items():
+    for column, (diagnostic, combine) in ROUTING_SOURCES.items():
         per_row = []
         for row in tail:
-            levels = [v for k, v in row.items() if k.startswith(f"train/routing/{name}_")]
+            levels = logged_routing(row, diagnostic)
             if levels:
                 per_row.append(sum(levels) / (len(levels) if combine == "mean" else 1))
         summary[column] = statistics.fmean(per_row) if per_row else None
@@ -361,7 +367,10 @@ def summarize_run(spec: RunSpec, wall_time_s: float, fixed_overrides: str) -> Di
     metrics_path = os.path.join(spec.run_dir, METRICS_FILE)
     if not os.path.isfile(metrics_path):
         raise RunFailure(f"no {metrics_path}")
-    rows = read_metrics_rows(metrics_path)
+    try:
+        rows = read_metrics(metrics_path)
+    except RunFolderError as e:
+        raise RunFailure(str(e)) from None
     train_rows = [row for row in rows if "train/lm_loss" in row]
     eval_rows = [row for row in rows
                  if any(k.endswith("/exact_accuracy") and not k.startswith("train/") for k in row)]

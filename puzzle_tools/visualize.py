@@ -22,11 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
+from dataset.format import PuzzleSet, loss_labels, read_test_puzzles
 from puzzle_tools.arc_vote import ATTEMPTS, TEST_SPLIT, VoteResult, rank_answers
-from puzzle_tools.dataset_reader import DatasetSplit, PuzzleSet, read_split, read_test_puzzles
+from puzzle_tools.dataset_reader import NamedSplit, read_named_split
 from puzzle_tools.grids import ARC, ARC_PALETTE, decode_example, is_exact, parse_arc_version, wrong_cells
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import write_text_atomically
+from training.run_folder import write_text
 
 DEFAULT_MAX_PUZZLES = 200
 DEFAULT_MAX_EXAMPLES = 4
@@ -37,7 +38,7 @@ DEFAULT_OUT = "report.html"
 class ReportBuilder:
     """Collects the page's data: sampled puzzles of each set, decoded, with predictions where found."""
 
-    def __init__(self, split: DatasetSplit, predictions: Optional[Predictions], max_puzzles: int,
+    def __init__(self, split: NamedSplit, predictions: Optional[Predictions], max_puzzles: int,
                  max_examples: int, seed: int):
         self.split, self.task, self.predictions = split, split.task, predictions
         self.max_puzzles, self.max_examples = max_puzzles, max_examples
@@ -58,7 +59,7 @@ class ReportBuilder:
 
     def examples(self, puzzle_set: PuzzleSet, examples: List[int]) -> List[dict]:
         """Decoded input, label and (where found) prediction of each example, in its stored frame."""
-        labels = self.split.labels(puzzle_set, examples)
+        labels = loss_labels(puzzle_set.labels[np.asarray(examples)], self.split.metadata)
         entries = []
         for example_index, label_tokens, row in zip(examples, labels, self.prediction_rows(puzzle_set, examples)):
             example = decode_example(self.task, puzzle_set.inputs[example_index], label_tokens,
@@ -397,7 +398,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_report(dataset_dir: str, split_name: str, prediction_prefix: Optional[str], max_puzzles: int,
                  max_examples: int, seed: int) -> dict:
-    split = read_split(dataset_dir, split_name)
+    split = read_named_split(dataset_dir, split_name)
     predictions = None
     if prediction_prefix is not None:
         predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id)
@@ -410,7 +411,7 @@ def main(argv=None) -> int:
     def run() -> None:
         report = build_report(args.dataset, args.split, args.predictions, args.max_puzzles, args.max_examples,
                               args.seed)
-        write_text_atomically(args.out, render_html(report))
+        write_text(args.out, render_html(report))
         print(json.dumps(os.path.abspath(args.out)))
 
     return exit_status(run)

@@ -13,7 +13,8 @@ import pytest
 
 from command_line import run_cli
 from dataset import build_arc_dataset as arc
-from dataset.common import dihedral_transform, inverse_dihedral_transform, load_metadata
+from dataset.common import dihedral_transform, inverse_dihedral_transform
+from dataset.format import read_metadata
 from dataset_scripts import run_builder_script
 
 NUM_AUG = 4
@@ -321,7 +322,7 @@ def test_translation_only_in_train_with_one_example_kept(folder_dataset):
 def test_metadata(folder_dataset):
     names = json.load(open(os.path.join(folder_dataset, "identifiers.json")))
     for split in ("train", "test"):
-        metadata = load_metadata(folder_dataset, split)
+        metadata = read_metadata(folder_dataset, split)
         data = load_set(folder_dataset, split)
         assert (metadata.seq_len, metadata.vocab_size, metadata.pad_id, metadata.ignore_label_id,
                 metadata.blank_identifier_id, metadata.sets) == (900, 12, 0, 0, 0, ["all"])
@@ -513,7 +514,7 @@ def test_preset_reads_the_arc_data_folder(tmp_path, monkeypatch):
         with open(tmp_path / output_dir / "test_puzzles.json") as f:
             assert json.load(f) == {i: p for puzzles in arc_2_subsets(num_training).values()
                                     for i, p in puzzles.items()}, output_dir
-        assert load_metadata(str(tmp_path / output_dir), "test").total_groups == len(EVALUATION_IDS)
+        assert read_metadata(str(tmp_path / output_dir), "test").total_groups == len(EVALUATION_IDS)
 
 
 def assert_arc_data_hint(line, folder):
@@ -544,7 +545,7 @@ def test_missing_arc_data_file_is_one_line_naming_it(tmp_path, monkeypatch, caps
     os.remove(os.path.join(folder, "arc-agi_evaluation_solutions.json"))
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: arc.main(["--preset", "arc-1", "--arc-data", folder,
-                                      "--output-dir", str(tmp_path / "out")]))
+                                  "--output-dir", str(tmp_path / "out")]))
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
@@ -861,5 +862,5 @@ def test_real_arc_files(tmp_path):
     assert len(concepts) == 16 and all(sorted(numbers) == list(range(1, 11)) for numbers in concepts.values())
     arc.main(["--preset", "arc-2", "--arc-data", REAL_ARC_DATA, "--num-aug", "0",
               "--output-dir", str(tmp_path / "arc-2")])
-    assert load_metadata(str(tmp_path / "arc-2"), "test").total_groups == 120
+    assert read_metadata(str(tmp_path / "arc-2"), "test").total_groups == 120
     assert len(json.load(open(tmp_path / "arc-2" / "test_puzzles.json"))) == 1120

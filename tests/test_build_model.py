@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from models import build_model
-from models.checkpoint import COMPILED_PREFIX, load_model_weights, read_state_dict
+from models import build_model, parse_arch
+from models.checkpoint import COMPILED_PREFIX, load_model_weights
+from training.run_folder import read_weights
 from models.config_validation import ConfigError
 
 # The published architecture with the Sudoku dataset's sizes.
@@ -22,7 +23,7 @@ def layer_keys(level, count):
 
 
 def test_sudoku_architecture_parameter_count_and_state_dict_keys():
-    model = build_model(SUDOKU_ARCH, **SUDOKU_SIZES)
+    model = build_model(parse_arch(SUDOKU_ARCH), **SUDOKU_SIZES)
     assert sum(p.numel() for p in model.parameters()) == 27_275_266
     expected = {"model.inner.H_init", "model.inner.L_init", "model.inner.embed_tokens.embedding_weight",
                 "model.inner.lm_head.weight", "model.inner.q_head.weight", "model.inner.q_head.bias",
@@ -37,7 +38,7 @@ TINY_SIZES = dict(batch_size=2, seq_len=5, vocab_size=6, num_puzzle_identifiers=
 
 
 def test_learned_positions_add_position_table_key():
-    model = build_model(dict(TINY, pos_encodings="learned"), **TINY_SIZES)
+    model = build_model(parse_arch(dict(TINY, pos_encodings="learned")), **TINY_SIZES)
     assert model.state_dict()["model.inner.embed_pos.embedding_weight"].shape == (5 + 1, 32)
 
 
@@ -52,23 +53,23 @@ def test_learned_positions_add_position_table_key():
 ])
 def test_bad_arch_configs_name_the_field(arch, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        build_model(arch, **TINY_SIZES)
+        build_model(parse_arch(arch), **TINY_SIZES)
 
 
 def test_reference_state_dict_with_compile_prefix_loads_strictly(tmp_path):
     torch.manual_seed(1)
-    source = build_model(TINY, **TINY_SIZES)
+    source = build_model(parse_arch(TINY), **TINY_SIZES)
     with torch.no_grad():
         source.model.inner.puzzle_emb.weights.normal_()
     path = tmp_path / "step_10"
     torch.save({COMPILED_PREFIX + k: v for k, v in source.state_dict().items()}, path)
 
     torch.manual_seed(2)
-    target = build_model(TINY, **TINY_SIZES)
-    assert load_model_weights(target, str(path)) == []
+    target = build_model(parse_arch(TINY), **TINY_SIZES)
+    assert load_model_weights(target, read_weights(str(path))) == []
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
-    assert set(read_state_dict(str(path))) == set(source.state_dict())
+    assert set(read_weights(str(path))) == set(source.state_dict())
 
     # Same outputs as the source model.
     source.eval()
@@ -82,7 +83,7 @@ def test_reference_state_dict_with_compile_prefix_loads_strictly(tmp_path):
 
 
 def test_mismatched_checkpoint_is_an_error_naming_keys():
-    model = build_model(TINY, **TINY_SIZES)
+    model = build_model(parse_arch(TINY), **TINY_SIZES)
     state = model.state_dict()
     state.pop("model.inner.lm_head.weight")
     state["model.inner.extra"] = torch.zeros(1)
@@ -92,4 +93,4 @@ def test_mismatched_checkpoint_is_an_error_naming_keys():
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="step_3"):
-        read_state_dict(str(tmp_path / "step_3"))
+        read_weights(str(tmp_path / "step_3"))

@@ -6,16 +6,17 @@ import pytest
 
 import pretrain
 from command_line import MissingInputError, OneLineArgumentParser, UserError, exit_status, run_cli
+from dataset.atomic_file import FileWriteError
 from dataset.common import DatasetBuildError
+from dataset.format import DatasetFormatError
 from dataset.maze_generator import MazeGenerationError
-from dataset.puzzle_dataset import DatasetFormatError
 from models.checkpoint import CheckpointError
 from models.config_validation import ConfigError
 from puzzle_tools import compare
 from puzzle_tools.compare import CompareError
 from puzzle_tools.sweep import SweepError
 from puzzle_tools.tool_io import ToolInputError
-from training.checkpointing import RunFolderError
+from training.run_folder import RunFolderError
 from training.preemption import TrainingInterrupted
 
 
@@ -26,8 +27,8 @@ def raising(error):
 
 
 @pytest.mark.parametrize("error_type", [ConfigError, DatasetFormatError, DatasetBuildError, MazeGenerationError,
-                                        CheckpointError, RunFolderError, ToolInputError, CompareError, SweepError,
-                                        MissingInputError])
+                                        CheckpointError, RunFolderError, FileWriteError, ToolInputError, CompareError,
+                                        SweepError, MissingInputError])
 def test_every_input_error_is_one_line_and_status_2(error_type, capsys):
     assert issubclass(error_type, UserError)
     with pytest.raises(SystemExit) as exit_info:

@@ -7,21 +7,22 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 import evaluate
-from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
-from dataset.puzzle_dataset import DatasetFormatError, create_dataloader
+from dataset.common import atomic_output_dir
+from dataset.format import DatasetFormatError, PuzzleDatasetMetadata, save_identifiers, save_split
+from dataset.puzzle_dataset import create_dataloader
 from models import build_model
 from training.distributed import DistributedContext
 from training.loop import run_training
 
 from conftest import REPO_ROOT
-from tiny_runs import ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretrain, train_losses, write_tiny_dataset
+from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_with_fault, read_metrics, run_pretrain, train_losses,
+                       write_tiny_dataset)
 
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -108,9 +109,9 @@ def test_training_on_a_damaged_dataset_stops_before_any_step(tmp_path):
 
 
 def test_large_token_arrays_are_checked_at_sampled_rows(tmp_path, monkeypatch):
-    import dataset.puzzle_dataset as puzzle_dataset
-    monkeypatch.setattr(puzzle_dataset, "FULL_CHECK_BYTES", 64)  # the tiny arrays count as large
-    monkeypatch.setattr(puzzle_dataset, "SAMPLED_ROWS", 5)  # rows 0, 23 (23.75), 47, 71, 95
+    import dataset.format
+    monkeypatch.setattr(dataset.format, "FULL_CHECK_BYTES", 64)  # the tiny arrays count as large
+    monkeypatch.setattr(dataset.format, "SAMPLED_ROWS", 5)  # rows 0, 23 (23.75), 47, 71, 95
     folder = tmp_path / "data"
     write_tiny_dataset(str(folder))
     inputs = np.load(folder / "train" / "all__inputs.npy")
@@ -301,18 +302,23 @@ def test_kill_9_at_random_moments_never_changes_the_final_weights(tiny_dataset, 
         while not (run_dir / "step_24").exists():
             args = [*common, f"resume={run_dir}"] if (run_dir / "train_state.pt").exists() else \
                 [*common, f"checkpoint_path={run_dir}", "overwrite_run=true"]
+            if trial == 0 and kills < 2:
+                # Killed while its 5th training-state write is half done (the first process at step 5, the
+                # resumed one 5 steps after the resume).
+                process = subprocess.Popen(pretrain_with_fault("kill-mid-state-write", 5, args), cwd=REPO_ROOT,
+                                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                _, stderr = process.communicate(timeout=300)
+                assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+                caught_mid_write += (run_dir / "train_state.pt.tmp").exists()
+                kills += 1
+                continue
             process = subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if kills < 2:
-                # Trial 0 kills at the first sight of a half-written training state; the others at random times
-                # after start-up (imports take a few seconds, training about as long again).
-                deadline = time.time() + (60 if trial == 0 else rng.uniform(2.0, 9.0))
-                while time.time() < deadline and process.poll() is None:
-                    if trial == 0 and (run_dir / "train_state.pt.tmp").exists():
-                        caught_mid_write += 1
-                        break
-                    time.sleep(0.0005 if trial == 0 else 0.05)
-                if process.poll() is None:
+            if trial > 0 and kills < 2:
+                # At random times after start-up (imports take a few seconds, training about as long again).
+                try:
+                    process.wait(timeout=rng.uniform(2.0, 9.0))
+                except subprocess.TimeoutExpired:
                     process.send_signal(signal.SIGKILL)
                     kills += 1
             _, stderr = process.communicate(timeout=300)
@@ -326,4 +332,4 @@ def test_kill_9_at_random_moments_never_changes_the_final_weights(tiny_dataset, 
         assert steps == sorted(set(steps)), (trial, steps)  # each step once, in order
         for step, loss in train_losses(rows).items():
             assert loss == pytest.approx(expected_losses[step], abs=1e-6)
-    assert caught_mid_write >= 1  # at least one kill landed while train_state.pt was being written
+    assert caught_mid_write == 2  # both kills of trial 0 left a half-written train_state.pt.tmp behind

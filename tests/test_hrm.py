@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, parse_arch
 from models.hrm import HierarchicalReasoningModelACT, HRMConfig, InnerCarry
 
 TINY_ARCH = dict(
@@ -18,7 +18,7 @@ BATCH, SEQ, VOCAB, IDS = 4, 9, 7, 5
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return build_model(dict(TINY_ARCH, **overrides), batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB,
+    return build_model(parse_arch(dict(TINY_ARCH, **overrides)), batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB,
                        num_puzzle_identifiers=IDS)
 
 

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, parse_arch
 from models.checkpoint import load_model_weights
 from models.routing import HRMState
 from models.checkpoint import routing_keys as model_routing_keys
+from training.metrics import Reduction, named_step_metrics
 from training.optimization import build_optimizers
 from training.routing_schedule import RoutingSchedule, RoutingScheduleConfig
 
@@ -21,7 +22,7 @@ CONTROLLERS = ["classical", "hrm", "hrm_act"]
 
 def make_model(controller="none", seed=0, **routing):
     torch.manual_seed(seed)
-    return build_model(dict(ARCH, routing=dict(controller=controller, **routing)), **SIZES)
+    return build_model(parse_arch(dict(ARCH, routing=dict(controller=controller, **routing))), **SIZES)
 
 
 def make_batch(seed=1):
@@ -103,18 +104,30 @@ def test_only_the_last_calls_carry_gradient_to_the_controllers(controller):
     assert levels["H"].alphas.shape == (4, 2, 4) and levels["L"].alphas.shape == (4, 4, 4)
     assert not levels["H"].alphas.requires_grad
     for level in ("H", "L"):
-        expected = {"routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature"}
+        expected = {"entropy_mean", "entropy_std", "herfindahl", "top1_share", "temperature"}
         if controller != "classical":
-            expected.add("n_H_updates")
+            expected.add("slow_updates")
         if controller == "hrm_act":
             expected.add("ponder_cost")
-        assert set(levels[level].diagnostics) == expected
-        assert levels[level].diagnostics["temperature"].item() == pytest.approx(2.0)
+        assert set(levels[level].diagnostics.figures()) == expected
+        assert levels[level].diagnostics.temperature.item() == pytest.approx(2.0)
     # Every call of the step updated the slow state of every sequence: 2 H calls and 4 L calls, 4 sequences.
     if controller != "classical":
-        assert levels["H"].diagnostics["n_H_updates"].item() == 2 * 4
-        assert levels["L"].diagnostics["n_H_updates"].item() == 4 * 4
+        assert levels["H"].diagnostics.slow_updates.item() == 2 * 4
+        assert levels["L"].diagnostics.slow_updates.item() == 4 * 4
     assert (result.routing.ponder_cost is not None) == (controller == "hrm_act")
+
+
+def test_routing_figures_are_logged_under_the_names_older_runs_used():
+    model = make_model("hrm_act")
+    batch = make_batch()
+    result = model(carry=model.initial_carry(batch), batch=batch)
+    routing_names = {name: reduction for name, _, reduction in named_step_metrics(result.metrics, result.routing)
+                     if name.startswith("routing/")}
+    assert set(routing_names) == {f"routing/{name}_{level}" for level in ("H", "L") for name in (
+        "routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature", "n_H_updates",
+        "ponder_cost")}
+    assert set(routing_names.values()) == {Reduction.MEAN}
 
 
 def test_entropy_bonus_and_ponder_cost_enter_the_loss():
@@ -142,9 +155,14 @@ def test_model_offers_its_routers_and_parameter_groups():
     assert not {id(p) for p in groups.weights} & router_ids
     assert any(t is routed.model.inner.puzzle_emb.weights for t in groups.puzzle_embedding)
     assert model_routing_keys(routed) == set(routing_keys(routed)) and model_routing_keys(plain) == set()
-    routed.set_routing_temperature(1.3)
+
+
+def test_schedule_sets_every_routers_temperature_floored_at_its_minimum():
+    routed = make_model("hrm")
+    RoutingSchedule(routed, RoutingScheduleConfig(temperature_init=1.3), total_steps=10).before_step(1)
     assert [router.temperature for router in routed.routers().values()] == [1.3, 1.3]
-    routed.set_routing_temperature(0.1, minimum=0.4)
+    RoutingSchedule(routed, RoutingScheduleConfig(temperature_init=0.1, temperature_min=0.4),
+                    total_steps=10).before_step(1)
     assert [router.temperature for router in routed.routers().values()] == [0.4, 0.4]
 
 

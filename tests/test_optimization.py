@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, parse_arch
 from training.distributed import _buckets
 from training.optimization import build_optimizers, learning_rate
 
@@ -28,11 +28,11 @@ class _Config:
 
 
 def test_build_optimizers_covers_every_parameter_and_the_embedding():
-    model = build_model(dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
+    model = build_model(parse_arch(dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
                              loss=dict(name="losses@ACTLossHead", loss_type="stablemax_cross_entropy"),
                              H_cycles=1, L_cycles=1, H_layers=1, L_layers=1, hidden_size=32, num_heads=2, expansion=2,
                              puzzle_emb_ndim=32, pos_encodings="rope", halt_max_steps=2, halt_exploration_prob=0.1,
-                             forward_dtype="float32"),
+                             forward_dtype="float32")),
                         batch_size=2, seq_len=4, vocab_size=5, num_puzzle_identifiers=3)
     sign_sgd, adam = build_optimizers(model.parameter_groups(), _Config, world_size=1)
     assert sign_sgd.param_groups[0]["base_lr"] == 1e-2 and sign_sgd.param_groups[0]["weight_decay"] == 0.2

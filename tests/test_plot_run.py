@@ -105,3 +105,11 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert plot_run.main([broken]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {broken}/metrics.jsonl, line 2: not valid JSON")
+
+
+def test_a_line_torn_by_a_crash_is_skipped(tmp_path):
+    # A killed run's last row can be cut short, without its newline.
+    run_dir = write_run(tmp_path / "killed", [training_row(10, False), training_row(20, False)])
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 30, "train/lm_loss": 0.0')
+    assert sorted(plot_run.read_run(run_dir).rows) == [10, 20]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import dataset.puzzle_dataset as puzzle_dataset
-from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata, save_identifiers, save_split
-from dataset.puzzle_dataset import DatasetFormatError, PuzzleDataset, PuzzleDatasetConfig, create_dataloader
+from dataset.format import DatasetFormatError, IGNORE_LABEL_ID, PuzzleDatasetMetadata, save_identifiers, save_split
+from dataset.puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig, create_dataloader
 
 SEQ_LEN = 5
 PAD_ID = 0

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,10 +13,11 @@ from models.config_validation import ConfigError
 from training.distributed import DistributedContext
 from training.loop import run_training
 from training.preemption import TrainingInterrupted
+from training.resume import compare_configs
 
 from conftest import REPO_ROOT
-from tiny_runs import (ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretrain, torchrun, train_losses,
-                       write_tiny_dataset)
+from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_with_fault, read_metrics, run_pretrain, torchrun,
+                       train_losses, write_tiny_dataset)
 
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -145,19 +145,15 @@ def test_ctrl_c_of_a_real_process_is_one_line_and_resumable(tiny_dataset, tmp_pa
     run_dir = str(tmp_path / "run")
     args = [f"data_path={tiny_dataset}", f"checkpoint_path={run_dir}", *TINY_OVERRIDES, "epochs=400",
             "eval_interval=400", "log_interval=5"]
-    process = subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV, text=True,
+    process = subprocess.Popen(pretrain_with_fault("sigint-after-step", 12, args), cwd=REPO_ROOT, env=ENV, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")) or len(read_metrics(run_dir)) < 3:
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGINT at step ") and "continue with: python pretrain.py resume=" in last
     assert "Traceback" not in stderr
     step = int(last.split("at step ")[1].split(";")[0])
+    assert step == 12  # the step the SIGINT came after
     assert os.path.isfile(os.path.join(run_dir, "train_state.pt"))
     assert max(train_losses(read_metrics(run_dir))) == step
 
@@ -183,3 +179,15 @@ def test_resume_with_another_number_of_processes_equals_the_uninterrupted_run(ti
         assert resumed[step] == pytest.approx(expected[step], abs=1e-5), step
     rows = read_metrics(tmp_path / "run")
     assert [row["processes"] for row in rows if row.get("event") == "resume"] == [[first, second]]
+
+
+def test_an_arch_saved_with_fewer_keys_is_the_same_typed_arch(tiny_dataset):
+    # A saved run's arch holds the keys its config set; the running config's typed arch has every default.
+    config = make_config(tiny_dataset, "checkpoint_path=unused")
+    saved = config.model_dump()
+    saved["arch"] = {key: value for key, value in saved["arch"].items()
+                     if key not in ("rms_norm_eps", "rope_theta", "attention_backend", "routing")}
+    assert compare_configs(saved, config, None, "unused") == {}
+    saved["arch"]["rope_theta"] = 500.0
+    with pytest.raises(ConfigError, match=r"arch.rope_theta: saved 500.0, now 10000.0"):
+        compare_configs(saved, config, None, "unused")

@@ -48,11 +48,11 @@ def test_forward_shapes_normalisation_and_aux(kind):
     assert alphas.shape == (B, HEADS)
     assert (alphas >= 0).all()
     torch.testing.assert_close(alphas.sum(-1), torch.ones(B))
-    assert set(aux) >= {"router_logits", "alphas", "entropy", "temperature"}
-    assert aux["router_logits"].shape == (B, HEADS)
-    assert aux["entropy"].shape == () and aux["entropy"].requires_grad
-    assert aux["temperature"].shape == () and aux["temperature"].item() == controller.temperature
-    assert "topk_idx" not in aux
+    assert all(isinstance(getattr(aux, name), torch.Tensor) for name in ("router_logits", "alphas", "entropy", "temperature"))
+    assert aux.router_logits.shape == (B, HEADS)
+    assert aux.entropy.shape == () and aux.entropy.requires_grad
+    assert aux.temperature.shape == () and aux.temperature.item() == controller.temperature
+    assert aux.topk_idx is None
     if kind == "classical":
         assert state is None and controller.init_state(B, torch.device("cpu")) is None
     else:
@@ -68,18 +68,18 @@ def test_per_token_shapes_and_errors(kind):
     assert alphas.shape == (B, L, HEADS)
     torch.testing.assert_close(alphas.sum(-1), torch.ones(B, L))
     assert (alphas > 0).sum(-1).eq(2).all()
-    assert aux["topk_idx"].shape == (B, L, 2)
+    assert aux.topk_idx.shape == (B, L, 2)
     with pytest.raises(ValueError, match="per_token"):
         controller(random_input()[:, 0], per_token=True)
 
 
 @pytest.mark.parametrize("kind", CONTROLLERS)
-def test_return_aux_false_gives_same_alphas_and_empty_aux(kind):
+def test_return_aux_false_gives_same_alphas_and_no_aux(kind):
     x = random_input()
     controller = make_controller(kind)
     alphas, _, aux = controller(x)
     alphas_quiet, _, aux_quiet = controller(x, return_aux=False)
-    assert aux_quiet == {}
+    assert aux_quiet is None
     assert torch.equal(alphas, alphas_quiet)
 
 
@@ -122,12 +122,12 @@ def test_low_precision_input_routes_in_float32():
 def test_topk_keeps_k_largest_renormalised(kind, topk):
     controller = make_controller(kind, topk=topk)
     alphas, _, aux = controller(random_input())
-    probs = torch.softmax(aux["router_logits"] / aux["temperature"], dim=-1)
+    probs = torch.softmax(aux.router_logits / aux.temperature, dim=-1)
     top_probs, top_idx = probs.topk(topk, dim=-1)
     expected = torch.zeros_like(probs).scatter(-1, top_idx, top_probs / top_probs.sum(-1, keepdim=True))
     torch.testing.assert_close(alphas, expected)
     assert (alphas > 0).sum(-1).tolist() == [topk] * B
-    assert torch.equal(aux["topk_idx"], top_idx)
+    assert torch.equal(aux.topk_idx, top_idx)
     torch.testing.assert_close(alphas.sum(-1), torch.ones(B))
     if topk == HEADS:
         torch.testing.assert_close(alphas, probs)
@@ -135,7 +135,7 @@ def test_topk_keeps_k_largest_renormalised(kind, topk):
 
 def test_topk_one_is_one_hot_on_the_argmax():
     alphas, _, aux = make_controller("hrm", topk=1)(random_input())
-    assert torch.equal(alphas, F.one_hot(aux["router_logits"].argmax(-1), HEADS).float())
+    assert torch.equal(alphas, F.one_hot(aux.router_logits.argmax(-1), HEADS).float())
 
 
 @pytest.mark.parametrize("kind", CONTROLLERS)
@@ -156,12 +156,12 @@ def test_temperature_clamps_at_minimum_and_sharpens(kind):
     for temperature in (4.0, 1.0, 0.5):
         controller.set_temperature(temperature)
         alphas, _, aux = controller(x)
-        assert aux["temperature"].item() == temperature
-        torch.testing.assert_close(alphas, torch.softmax(aux["router_logits"] / temperature, dim=-1))
+        assert aux.temperature.item() == temperature
+        torch.testing.assert_close(alphas, torch.softmax(aux.router_logits / temperature, dim=-1))
         results[temperature] = (alphas, aux)
     # Temperature scales the logits, never the logits themselves.
-    torch.testing.assert_close(results[4.0][1]["router_logits"], results[0.5][1]["router_logits"])
-    entropies = [results[t][1]["entropy"].item() for t in (4.0, 1.0, 0.5)]
+    torch.testing.assert_close(results[4.0][1].router_logits, results[0.5][1].router_logits)
+    entropies = [results[t][1].entropy.item() for t in (4.0, 1.0, 0.5)]
     top_probs = [results[t][0].max(-1).values.mean().item() for t in (4.0, 1.0, 0.5)]
     assert entropies[0] > entropies[1] > entropies[2]
     assert top_probs[0] < top_probs[1] < top_probs[2]
@@ -185,7 +185,7 @@ def test_entropy_matches_hand_computation(kind):
     controller = make_controller(kind)
     alphas, _, aux = controller(random_input())
     expected = -(alphas * alphas.log()).sum(-1).mean()
-    torch.testing.assert_close(aux["entropy"], expected)
+    torch.testing.assert_close(aux.entropy, expected)
 
 
 def test_uniform_routing_has_entropy_log_heads():
@@ -195,14 +195,14 @@ def test_uniform_routing_has_entropy_log_heads():
         controller.router[-1].bias.zero_()
     alphas, _, aux = controller(random_input())
     torch.testing.assert_close(alphas, torch.full((B, HEADS), 1 / HEADS))
-    torch.testing.assert_close(aux["entropy"], torch.tensor(math.log(HEADS)))
+    torch.testing.assert_close(aux.entropy, torch.tensor(math.log(HEADS)))
 
 
 def test_entropy_with_topk_zeros_is_finite_and_differentiable():
     controller = make_controller("hrm", topk=2)
     _, _, aux = controller(random_input())
-    aux["entropy"].backward()
-    assert torch.isfinite(aux["entropy"])
+    aux.entropy.backward()
+    assert torch.isfinite(aux.entropy)
     assert all(torch.isfinite(p.grad).all() for p in controller.parameters() if p.grad is not None)
     assert controller.router[-1].weight.grad.abs().sum() > 0
 
@@ -220,7 +220,7 @@ def test_slow_state_updates_every_T_steps_and_fast_state_every_step():
         slow_changed = not torch.equal(new_state.z_H, state.z_H)
         assert slow_changed == (step % T == 0), step
         assert not torch.equal(new_state.z_L, state.z_L)
-        assert aux["n_H_updates"].item() == (B if step % T == 0 else 0)
+        assert aux.slow_updates.item() == (B if step % T == 0 else 0)
         assert new_state.step.tolist() == [step + 1] * B
         state = new_state
 
@@ -232,7 +232,7 @@ def test_slow_update_is_decided_per_sample():
     _, new_state, aux = controller(random_input(batch=4), state=state)
     changed = [not torch.equal(new_state.z_H[i], state.z_H[i]) for i in range(4)]
     assert changed == [True, False, False, True]
-    assert aux["n_H_updates"].item() == 2
+    assert aux.slow_updates.item() == 2
     assert new_state.step.tolist() == [1, 2, 3, 4]
 
 
@@ -289,7 +289,7 @@ def test_gradients_reach_every_parameter(kind):
     target = torch.randn(HEADS, generator=torch.Generator().manual_seed(3))
     loss = 0
     for alphas, _, aux in run_calls(controller, random_input(), 5):
-        loss = loss + (alphas * target).sum() + aux.get("ponder_cost", 0)
+        loss = loss + (alphas * target).sum() + (aux.ponder_cost if aux.ponder_cost is not None else 0)
     loss.backward()
     for name, parameter in controller.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -379,8 +379,8 @@ def test_per_token_padding_does_not_affect_kept_tokens(kind):
     # The entropy averages over kept tokens only, per sequence, then over the batch.
     token_entropy = -(alphas * alphas.log()).sum(-1)
     expected = torch.stack([token_entropy[row, mask[row]].mean() for row in range(B)]).mean()
-    torch.testing.assert_close(aux["entropy"], expected)
-    torch.testing.assert_close(aux_scrambled["entropy"], expected)
+    torch.testing.assert_close(aux.entropy, expected)
+    torch.testing.assert_close(aux_scrambled.entropy, expected)
 
 
 # ACT halting
@@ -400,21 +400,21 @@ def test_act_accumulates_halting_probability_and_resets_after_an_update():
     accumulated = [out[1].halt_accum[0].item() for out in outputs]
     expected = [0.0, 0.3, 0.6, 0.9, 0.0, 0.3, 0.6, 0.9, 0.0]
     assert accumulated == pytest.approx(expected, abs=1e-6)
-    assert [out[2]["n_H_updates"].item() for out in outputs] == [B if a == 0 else 0 for a in expected]
+    assert [out[2].slow_updates.item() for out in outputs] == [B if a == 0 else 0 for a in expected]
     assert [out[1].ponders[0].item() for out in outputs] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
     for out in outputs:
-        torch.testing.assert_close(out[2]["halt_prob"], torch.full((B,), 0.3))
+        torch.testing.assert_close(out[2].halt_prob, torch.full((B,), 0.3))
 
 
 def test_act_halt_epsilon_sets_the_threshold():
     # With epsilon 0.15 the threshold is 0.85, so 0.9 after three calls is enough.
     outputs = run_calls(act_with_constant_halting(0.3, halt_epsilon=0.15), random_input(), 5)
-    assert [out[2]["n_H_updates"].item() for out in outputs] == [B, 0, 0, B, 0]
+    assert [out[2].slow_updates.item() for out in outputs] == [B, 0, 0, B, 0]
 
 
 def test_act_max_ponders_forces_an_update():
     outputs = run_calls(act_with_constant_halting(1e-6, max_ponders=3), random_input(), 7)
-    assert [out[2]["n_H_updates"].item() for out in outputs] == [B, 0, 0, B, 0, 0, B]
+    assert [out[2].slow_updates.item() for out in outputs] == [B, 0, 0, B, 0, 0, B]
     assert [out[1].ponders[0].item() for out in outputs] == [0, 1, 2, 0, 1, 2, 0]
 
 
@@ -431,7 +431,7 @@ def test_act_update_is_decided_per_sample():
     state = ACTState(z_L=state.z_L, z_H=torch.randn(2, D), step=torch.tensor([5, 5]),
                      halt_accum=torch.tensor([0.0, 0.8]), ponders=torch.tensor([1, 1]))
     _, new_state, aux = controller(random_input(batch=2), state=state)
-    assert aux["n_H_updates"].item() == 1
+    assert aux.slow_updates.item() == 1
     assert torch.equal(new_state.z_H[0], state.z_H[0]) and not torch.equal(new_state.z_H[1], state.z_H[1])
     assert new_state.halt_accum.tolist() == pytest.approx([0.25, 0.0])
     assert new_state.ponders.tolist() == [2, 0]
@@ -444,11 +444,11 @@ def test_ponder_cost_is_the_sum_of_this_calls_halting_probabilities():
     state = run_calls(controller, random_input(), 1)[-1][1]
     _, _, aux = controller(random_input(seed=4), state=state)
     halt_prob = torch.sigmoid(state.z_H @ controller.halt_gate.weight[0] + controller.halt_gate.bias)
-    torch.testing.assert_close(aux["halt_prob"], halt_prob)
-    torch.testing.assert_close(aux["ponder_cost"], halt_prob.sum())
-    assert aux["ponder_cost"].requires_grad
+    torch.testing.assert_close(aux.halt_prob, halt_prob)
+    torch.testing.assert_close(aux.ponder_cost, halt_prob.sum())
+    assert aux.ponder_cost.requires_grad
     # A fresh controller halts with probability 1/4 everywhere.
-    torch.testing.assert_close(make_controller("hrm_act")(random_input())[2]["ponder_cost"], torch.tensor(B / 4))
+    torch.testing.assert_close(make_controller("hrm_act")(random_input())[2].ponder_cost, torch.tensor(B / 4))
 
 
 def test_act_with_negligible_halting_and_max_ponders_T_is_the_fixed_period_controller():
@@ -503,7 +503,7 @@ def test_hrm_step_matches_reference_equations():
 
     torch.testing.assert_close(new_state.z_H, z_H)
     torch.testing.assert_close(new_state.z_L, z_L)
-    torch.testing.assert_close(aux["router_logits"], logits)
+    torch.testing.assert_close(aux.router_logits, logits)
     torch.testing.assert_close(alphas, expected_alphas)
     assert new_state.step.tolist() == [5, 6]
 
@@ -515,7 +515,7 @@ def test_classical_controller_is_an_mlp_on_pooled_or_token_states():
     for inputs, per_token in ((x.mean(1), False), (x, True)):
         logits = last(F.gelu(first(inputs)))
         alphas, state, aux = controller(x, per_token=per_token)
-        torch.testing.assert_close(aux["router_logits"], logits)
+        torch.testing.assert_close(aux.router_logits, logits)
         torch.testing.assert_close(alphas, torch.softmax(logits / 1.5, dim=-1))
         assert state is None
 
@@ -545,7 +545,7 @@ def test_compiled_forward_matches_eager(kind):
         torch.testing.assert_close(alphas_compiled, alphas_eager, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(state_compiled.z_H, state_eager.z_H, rtol=1e-5, atol=1e-6)
         assert torch.equal(state_compiled.step, state_eager.step)
-        assert torch.equal(aux_compiled["n_H_updates"], aux_eager["n_H_updates"])
+        assert torch.equal(aux_compiled.slow_updates, aux_eager.slow_updates)
 
 
 # Diagnostics
@@ -555,18 +555,19 @@ def test_routing_diagnostics_hand_computed():
     alphas = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
     for shaped in (alphas, alphas.view(2, 1, 4)):
         stats = routing_diagnostics(shaped)
-        assert all(isinstance(value, torch.Tensor) for value in stats.values())
-        torch.testing.assert_close(stats["routing_entropy_mean"], torch.tensor(math.log(4) / 2))
-        torch.testing.assert_close(stats["routing_entropy_std"], torch.tensor(math.log(4) / 2))
-        torch.testing.assert_close(stats["head_herfindahl"], torch.tensor(0.625))
-        torch.testing.assert_close(stats["top1_share"], torch.tensor(0.625))
+        assert set(stats.figures()) == {"entropy_mean", "entropy_std", "herfindahl", "top1_share"}
+        assert all(isinstance(value, torch.Tensor) for value in stats.figures().values())
+        torch.testing.assert_close(stats.entropy_mean, torch.tensor(math.log(4) / 2))
+        torch.testing.assert_close(stats.entropy_std, torch.tensor(math.log(4) / 2))
+        torch.testing.assert_close(stats.herfindahl, torch.tensor(0.625))
+        torch.testing.assert_close(stats.top1_share, torch.tensor(0.625))
     single = routing_diagnostics(alphas[1:])
-    assert single["routing_entropy_std"].item() == 0.0
+    assert single.entropy_std.item() == 0.0
 
 
 def test_routing_diagnostics_do_not_track_gradients():
     alphas, _, _ = make_controller("hrm")(random_input())
-    assert not any(value.requires_grad for value in routing_diagnostics(alphas).values())
+    assert not any(value.requires_grad for value in routing_diagnostics(alphas).figures().values())
 
 
 # Building from the arch config

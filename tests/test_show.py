@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata
+from dataset.format import IGNORE_LABEL_ID, PuzzleDatasetMetadata
 from puzzle_tools import show
 from puzzle_tools.grids import (ARC, EMPTY, GENERIC, MAZE, SUDOKU, Task, decode_example, decode_tokens, detect_task,
                                 wrong_cells)

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT
+from dataset.format import PuzzleDatasetMetadata
 from puzzle_tools import sweep
 from tiny_runs import TINY_OVERRIDES
 
@@ -81,7 +82,9 @@ class StubRuns:
     def __init__(self, tmp_path, fail=(), sleep=0.0):
         self.data_path = tmp_path / "data"
         (self.data_path / "train").mkdir(parents=True)
-        (self.data_path / "train" / "dataset.json").write_text(json.dumps({"seq_len": 9}))
+        metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=11, seq_len=9,
+                                         num_puzzle_identifiers=1, total_groups=1, mean_puzzle_examples=1, sets=["all"])
+        (self.data_path / "train" / "dataset.json").write_text(metadata.model_dump_json())
         self.fail = set(fail)  # (controller, seed) pairs exiting with an error
         self.sleep = sleep
         self.launched = []

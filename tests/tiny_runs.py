@@ -8,7 +8,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from dataset.common import PuzzleDatasetMetadata, atomic_output_dir, save_identifiers, save_split
+from dataset.common import atomic_output_dir
+from dataset.format import PuzzleDatasetMetadata, save_identifiers, save_split
 from training.config import load_config
 
 TINY_OVERRIDES = [
@@ -43,6 +44,11 @@ def write_tiny_dataset(path):
 def run_pretrain(args, launcher=(sys.executable,), **kwargs):
     return subprocess.run([*launcher, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
                           timeout=600, **kwargs)
+
+
+def pretrain_with_fault(fault, number, args):
+    """The command line of pretrain.py with a fault injected at a fixed point (tests/pretrain_with_fault.py)."""
+    return [sys.executable, os.path.join("tests", "pretrain_with_fault.py"), fault, str(number), *args]
 
 
 def torchrun(processes):

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from dataset import build_arc_dataset as arc
-from dataset.common import IGNORE_LABEL_ID, PuzzleDatasetMetadata, dihedral_transform, save_identifiers, save_split
+from dataset.common import dihedral_transform
+from dataset.format import IGNORE_LABEL_ID, PuzzleDatasetMetadata, save_identifiers, save_split
 
 ARC_NUM_AUG = 3  # 4 versions of each puzzle
 

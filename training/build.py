@@ -10,13 +10,13 @@ import subprocess
 import sys
 from typing import List
 
-import torch
 import torch.distributed as dist
 from torch import nn
 
 import dataset
-from dataset.common import PuzzleDatasetMetadata
-from dataset.puzzle_dataset import DatasetFormatError, create_dataloader, load_split_metadata
+import dataset.format
+from dataset.format import DatasetFormatError, PuzzleDatasetMetadata
+from dataset.puzzle_dataset import create_dataloader
 from models import build_model
 from models.config_validation import ConfigError
 from training.config import PretrainConfig
@@ -38,7 +38,7 @@ def build_command_argv(command: str) -> List[str]:
 
 def ensure_dataset(config: PretrainConfig, ctx: DistributedContext) -> None:
     """Check that data_path holds a dataset; build it first when the config asks to."""
-    marker = os.path.join(config.data_path, "train", "dataset.json")
+    marker = dataset.format.metadata_file(config.data_path, "train")
     if not os.path.isfile(marker) and config.auto_build_data and config.data_build_command:
         if ctx.is_main:
             print(f"building the dataset: {config.data_build_command}", flush=True)
@@ -61,7 +61,7 @@ def _dataset_error(config: PretrainConfig, error: DatasetFormatError) -> ConfigE
 
 def read_metadata(config: PretrainConfig, split: str) -> PuzzleDatasetMetadata:
     try:
-        return load_split_metadata(config.data_path, split)
+        return dataset.format.read_metadata(config.data_path, split)
     except DatasetFormatError as e:
         raise _dataset_error(config, e) from None
 
@@ -85,10 +85,3 @@ def create_model(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: D
     return build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size, seq_len=metadata.seq_len,
                        vocab_size=metadata.vocab_size,
                        num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)
-
-
-def maybe_compile(model: nn.Module, config: PretrainConfig, ctx: DistributedContext) -> nn.Module:
-    """`torch.compile` on CUDA unless `compile=false` or DISABLE_COMPILE is set."""
-    if config.compile and ctx.device.type == "cuda" and not os.environ.get("DISABLE_COMPILE"):
-        return torch.compile(model, dynamic=False)
-    return model

@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional
 import coolname
 import pydantic
 
-from models import validate_arch
+from models import ArchConfig
 from models.config_validation import ConfigError, validate_config
-from training.checkpointing import CONFIG_FILE, read_config, run_folder_of
+from training.run_folder import CONFIG_FILE, read_config, run_folder_of
 from training.evaluation import SAVABLE_OUTPUTS
 from training.routing_schedule import RoutingScheduleConfig
 
@@ -18,7 +18,7 @@ class PretrainConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     # Reference keys (names and defaults as in the reference `all_config.yaml`).
-    arch: Dict[str, Any]
+    arch: ArchConfig
     data_path: str
     global_batch_size: int = pydantic.Field(gt=0)
     epochs: int = pydantic.Field(gt=0)
@@ -42,6 +42,8 @@ class PretrainConfig(pydantic.BaseModel):
     routing: RoutingScheduleConfig = pydantic.Field(default_factory=RoutingScheduleConfig,
                                                     description="training of the routing controllers (arch.routing)")
     compile: bool = pydantic.Field(True, description="torch.compile the model on CUDA (DISABLE_COMPILE=1 also turns it off)")
+    fast_path: bool = pydantic.Field(True, description="on CUDA with compile on: replay the compiled steps as CUDA "
+                                                       "graphs (training/fast_path.py); false runs the plain path")
     log_interval: int = pydantic.Field(10, gt=0, description="steps between logged (host-synchronised) metrics")
     checkpoint_interval: Optional[int] = pydantic.Field(None, gt=0, description="steps between full training-state saves, besides each evaluation")
     resume: Optional[str] = pydantic.Field(None, description="run folder or training-state file to continue from "
@@ -92,14 +94,13 @@ def check_moved_routing_keys(values: Dict[str, Any]) -> None:
 
 
 def load_config(values: Dict[str, Any]) -> PretrainConfig:
-    """Validate a raw config (from Hydra or an `all_config.yaml`), arch included, and fill in names.
+    """Validate a raw config (from Hydra or an `all_config.yaml`), its arch into an ArchConfig, and fill in
+    names.
 
     Any unknown, missing or ill-typed key raises ConfigError naming it.
     """
     check_moved_routing_keys(values)
     config = validate_config(PretrainConfig, values, prefix="config")
-    # Check the arch with placeholder dataset sizes now, so a typo fails before any data is read.
-    validate_arch(config.arch)
     if config.resume and (config.project_name is None or config.run_name is None):
         # A resumed run keeps its names, as its folder's config records them.
         run_dir = run_folder_of(config.resume)
@@ -110,7 +111,7 @@ def load_config(values: Dict[str, Any]) -> PretrainConfig:
     if config.project_name is None:
         config.project_name = f"{os.path.basename(os.path.normpath(config.data_path)).capitalize()} ACT-torch"
     if config.run_name is None:
-        config.run_name = f"{str(config.arch.get('name')).split('@')[-1]} {coolname.generate_slug(2)}"
+        config.run_name = f"{config.arch.name.split('@')[-1]} {coolname.generate_slug(2)}"
     if config.checkpoint_path is None:
         # A resumed run continues in its own folder; a new one gets the reference's folder name.
         config.checkpoint_path = (run_folder_of(config.resume) if config.resume else

@@ -6,9 +6,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from models.routing import RoutingOutput
-from training import checkpointing
+from training import run_folder
 from training.distributed import DistributedContext
 from training.metrics import EvalMetrics
 
@@ -67,7 +67,7 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
                 if result.all_halted:
                     break
             if routing_lines is not None:
-                checkpointing.write_jsonl(routing_log_path, routing_lines)
+                run_folder.write_jsonl(routing_log_path, routing_lines)
                 routing_lines = None  # the first batch only
             if save_outputs:
                 # This rank's rows of the global batch that are examples, not padding.
@@ -82,5 +82,5 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
             metrics.add(set_name, result.metrics)
 
     if saved and outputs_path is not None:
-        checkpointing.atomic_torch_save({k: torch.cat(v) for k, v in saved.items()}, f"{outputs_path}.{ctx.rank}")
+        run_folder.write_predictions(outputs_path, ctx.rank, {k: torch.cat(v) for k, v in saved.items()})
     return metrics.reduce(ctx)

@@ -6,28 +6,36 @@ import contextlib
 import os
 import shlex
 import signal
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from dataset.puzzle_dataset import batches_per_round
 from models.losses import LossHeadOutput
-from training import checkpointing, resume
-from training.build import create_loader, create_model, ensure_dataset, maybe_compile, read_metadata
+from training import checkpointing, resume, run_folder
+from training.build import create_loader, create_model, ensure_dataset, read_metadata
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
 from training.evaluation import evaluate
+from training.fast_path import prepare_model
 from training.metrics import TrainMetrics
-from training.metrics_log import METRICS_FILE, MetricsLogger, flatten_eval_metrics, format_evaluation
+from training.metrics_log import MetricsLogger, flatten_eval_metrics, format_evaluation
 from training.optimization import build_optimizers, learning_rate
 from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
 from training.train_state import TrainState
-from puzzle_tools.plot_run import plot_runs
-from puzzle_tools.tool_io import ToolInputError
+
+
+@dataclass
+class FinishedRun:
+    """A run that trained to its end: its folder, its last step and its last evaluation (main rank only)."""
+    run_dir: str
+    step: int
+    eval_metrics: Optional[Dict[str, Dict[str, float]]]
 
 
 def total_train_steps(config: PretrainConfig, metadata: PuzzleDatasetMetadata) -> int:
@@ -48,7 +56,7 @@ def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, 
     if ctx.world_size > 1:
         broadcast_from_main(list(base_model.parameters()) + list(base_model.buffers()))
     routing = RoutingSchedule(base_model, config.routing, total_steps) if base_model.routers() else None
-    return TrainState(model=maybe_compile(base_model, config, ctx), base_model=base_model,
+    return TrainState(model=prepare_model(base_model, config, ctx.device), base_model=base_model,
                       optimizers=build_optimizers(base_model.parameter_groups(), config, ctx.world_size),
                       total_steps=total_steps, routing=routing,
                       ema=WeightEMA(base_model, config.ema_rate) if config.ema else None)
@@ -104,25 +112,26 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
         if ctx.world_size > 1:
             dist.barrier()
         return
-    saved = checkpointing.load_saved_state(config.resume)
-    changes = resume.compare_configs(saved["run"]["config"], config, saved["run"].get("data_fingerprint"),
-                                     fingerprint)
-    source_dir = checkpointing.run_folder_of(config.resume)
+    state_path = run_folder.resolve_resume_path(config.resume)
+    saved = run_folder.read_train_state(state_path)
+    changes = resume.compare_configs(saved.config, config, saved.data_fingerprint, fingerprint)
+    source_dir = run_folder.run_folder_of(config.resume)
     if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path):
         resume.prepare_new_run_folder(config, clear=ctx.is_main)  # continuing elsewhere: no run there
     checkpointing.restore_train_state(saved, state, ctx)
-    record = {"step": state.progress.step, "event": "resume", "from": checkpointing.resolve_resume_path(config.resume),
-              "processes": [saved["world_size"], ctx.world_size],
+    record = {"step": state.progress.step, "event": "resume", "from": state_path,
+              "processes": [saved.world_size, ctx.world_size],
               "changed": {key: list(values) for key, values in changes.items()}}
     if ctx.is_main and state.progress.rounds_done < config.num_rounds:
-        checkpointing.make_run_folder(config.checkpoint_path)
+        run_folder.make_run_folder(config.checkpoint_path)
         resume.continue_metrics_file(source_dir, config.checkpoint_path, state.progress.step, record)
     if ctx.world_size > 1:
         dist.barrier()
 
 
-def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
-    """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; returns the last eval.
+def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[FinishedRun]:
+    """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; None when the run had
+    already finished.
 
     SIGTERM or SIGINT stops after the current step (with several processes, within `log_interval` steps),
     saves the full state and raises TrainingInterrupted.
@@ -138,14 +147,13 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
             print(f"the run in {config.checkpoint_path!r} already finished (step {progress.step}, "
                   f"{config.epochs} epochs); to train longer, resume it with more epochs", flush=True)
         return None
-    run_info = {"config": config.model_dump(), "data_fingerprint": fingerprint}
     train_loader, _ = create_loader(config, "train", ctx, test_set_mode=False, epochs_per_iter=config.epochs_per_round,
                                     start_round=progress.rounds_done)
     eval_loader, eval_metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
 
     logger = None
     if ctx.is_main:
-        checkpointing.write_config(config.checkpoint_path, config.model_dump())
+        run_folder.write_config(config.checkpoint_path, config.model_dump())
         logger = MetricsLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(),
                                total_steps=steps_that_will_run(config, state.total_steps),
                                initial_step=progress.step,
@@ -155,7 +163,7 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
     train_metrics = TrainMetrics()
 
     def save_state() -> str:
-        return checkpointing.save_train_state(config.checkpoint_path, state, ctx, run_info)
+        return checkpointing.save_train_state(config.checkpoint_path, state, ctx, config.model_dump(), fingerprint)
 
     def interrupt(stop: StopRequest) -> TrainingInterrupted:
         log_train_metrics(train_metrics, logger, state, config, ctx)  # the steps since the last log
@@ -193,10 +201,10 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
             step = progress.step
             with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
                 eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
-                                        outputs_path=os.path.join(config.checkpoint_path, f"step_{step}_all_preds"),
-                                        routing_log_path=os.path.join(config.checkpoint_path, f"routing_{step}.jsonl"))
+                                        outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
+                                        routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step))
                 if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
-                    checkpointing.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
+                    run_folder.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
             if logger is not None and eval_metrics is not None:
                 logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
                 logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics))
@@ -206,21 +214,4 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Di
 
     if logger is not None:
         logger.close(finished=True)
-        print(run_summary(config.checkpoint_path, min(progress.step, state.total_steps), config.plots), flush=True)
-    return eval_metrics
-
-
-def run_summary(run_dir: str, step: int, draw_plots: bool) -> str:
-    """The closing lines of a run: where its weights, metrics and plots are (paths quoted: names have spaces)."""
-    lines = [f"run finished at step {step}: {shlex.quote(run_dir)}",
-             f"  weights: {shlex.quote(os.path.join(run_dir, f'step_{step}'))}",
-             f"  metrics: {shlex.quote(os.path.join(run_dir, METRICS_FILE))}"]
-    if not draw_plots:
-        lines.append(f"  plots:   python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
-        return "\n".join(lines)
-    try:
-        plots = plot_runs([run_dir], run_dir)
-        lines.append(f"  plots:   {' '.join(shlex.quote(path) for path in plots)}")
-    except ToolInputError as e:  # matplotlib missing
-        lines.append(f"  plots:   not drawn ({e}); later: python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
-    return "\n".join(lines)
+    return FinishedRun(config.checkpoint_path, min(progress.step, state.total_steps), eval_metrics)

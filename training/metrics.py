@@ -12,6 +12,21 @@ from models.losses import StepMetrics
 from models.routing import RoutingOutput
 from training.distributed import DistributedContext
 
+# Prefix of the training figures' logged names (`train/<name>`).
+TRAIN_PREFIX = "train/"
+
+# The logged name of each RoutingDiagnostics field: the names runs have always logged, so older run
+# folders still plot and sweep.
+_ROUTING_LOGGED_NAMES = {"entropy_mean": "routing_entropy_mean", "entropy_std": "routing_entropy_std",
+                         "herfindahl": "head_herfindahl", "top1_share": "top1_share", "temperature": "temperature",
+                         "slow_updates": "n_H_updates", "ponder_cost": "ponder_cost"}
+
+
+def routing_metric_name(diagnostic: str, level: str) -> str:
+    """The name a level's routing diagnostic (a `RoutingDiagnostics` field) is logged under, after `train/`:
+    routing_metric_name("top1_share", "H") == "routing/top1_share_H"."""
+    return f"routing/{_ROUTING_LOGGED_NAMES[diagnostic]}_{level}"
+
 
 class Reduction(enum.Enum):
     PER_SEQUENCE = "per_sequence"  # a sum over finished sequences: divided by their count
@@ -26,9 +41,9 @@ def named_step_metrics(metrics: StepMetrics, routing: Optional[RoutingOutput]
     named += [(name, value, Reduction.PER_SEQUENCE) for name, value in metrics.per_sequence.items()]
     named += [(name, value, Reduction.PER_EXAMPLE) for name, value in metrics.losses.items()]
     if routing is not None:
-        named += [(f"routing/{name}_{level}", value, Reduction.MEAN)
+        named += [(routing_metric_name(diagnostic, level), value, Reduction.MEAN)
                   for level, level_routing in routing.levels.items()
-                  for name, value in level_routing.diagnostics.items()]
+                  for diagnostic, value in level_routing.diagnostics.figures().items()]
     return sorted(named, key=lambda item: item[0])  # the same order on every rank
 
 
@@ -62,7 +77,7 @@ class TrainMetrics:
         divisors = {Reduction.PER_SEQUENCE: max(values["count"], 1),
                     Reduction.PER_EXAMPLE: global_batch_size * steps,
                     Reduction.MEAN: steps * ctx.world_size}
-        return {f"train/{name}": values[name] / divisors[reduction]
+        return {TRAIN_PREFIX + name: values[name] / divisors[reduction]
                 for name, reduction in zip(self.names, self.reductions)}
 
 

@@ -5,12 +5,12 @@ import json
 import netrc
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import tqdm
 
-METRICS_FILE = "metrics.jsonl"
+from training.run_folder import METRICS_FILE
 
 
 def _wandb_credentials_present() -> bool:
@@ -25,20 +25,6 @@ def _wandb_credentials_present() -> bool:
 def wandb_mode() -> str:
     """`WANDB_MODE` when set; otherwise online if credentials exist, else offline (never a login prompt)."""
     return os.environ.get("WANDB_MODE") or ("online" if _wandb_credentials_present() else "offline")
-
-
-def read_metrics_rows(path: str) -> List[dict]:
-    """The rows of a metrics.jsonl, skipping a line torn by a crash (the last line of a killed run)."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def _to_number(value: Any) -> Any:

@@ -7,10 +7,10 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from dataset.common import dataset_fingerprint
+from models import parse_arch
 from models.config_validation import ConfigError
-from training import checkpointing
+from training import run_folder
 from training.config import PretrainConfig
-from training.metrics_log import METRICS_FILE, read_metrics_rows
 
 # Config keys that never change what a run computes: where it is written, how often it logs and saves,
 # and how it is compiled. `epochs` may grow to extend a run (README: "Resume"); `data_path` may move, as
@@ -20,17 +20,14 @@ KEYS_FREE_TO_CHANGE = {"project_name", "run_name", "checkpoint_path", "resume", 
                        "overwrite_run", "compile", "log_interval", "checkpoint_interval", "checkpoint_every_eval",
                        "eval_save_outputs", "data_build_command", "auto_build_data", "epochs", "eval_interval",
                        "data_path"}
-# What a new run deletes from a folder it may overwrite (`overwrite_run=true`): the files runs write.
-RUN_FILE_PATTERNS = ("step_*", checkpointing.TRAIN_STATE_FILE, checkpointing.CONFIG_FILE, METRICS_FILE,
-                     "routing_*.jsonl")
 
 
 def existing_run_files(run_dir: str) -> List[str]:
     """The files that make `run_dir` hold a run: its training state and `step_N` weights."""
     if not os.path.isdir(run_dir):
         return []
-    return sorted(glob.glob(os.path.join(glob.escape(run_dir), "step_*")) +
-                  glob.glob(os.path.join(glob.escape(run_dir), checkpointing.TRAIN_STATE_FILE)))
+    return sorted(path for pattern in run_folder.RUN_MARKER_PATTERNS
+                  for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)))
 
 
 def prepare_new_run_folder(config: PretrainConfig, clear: bool) -> None:
@@ -46,7 +43,7 @@ def prepare_new_run_folder(config: PretrainConfig, clear: bool) -> None:
                           f"or start afresh there with overwrite_run=true (deletes its run files)")
     if not clear:
         return
-    for pattern in (*RUN_FILE_PATTERNS, "*.tmp"):
+    for pattern in run_folder.RUN_FILE_PATTERNS:
         for path in glob.glob(os.path.join(glob.escape(config.checkpoint_path), pattern)):
             os.remove(path)
 
@@ -61,6 +58,16 @@ def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
+def _with_typed_arch(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The saved config with its arch as the running config holds it (defaults filled in), so an arch saved
+    with fewer keys compares equal to the same arch now. An arch this version no longer reads (a key moved
+    since) stays as saved: the comparison then names the keys that differ."""
+    try:
+        return dict(saved, arch=parse_arch(saved.get("arch") or {}).model_dump())
+    except ConfigError:
+        return saved
+
+
 def _allowed(key: str, allowed: List[str]) -> bool:
     return any(key == entry or key.startswith(f"{entry}.") for entry in allowed)
 
@@ -69,7 +76,7 @@ def compare_configs(saved: Dict[str, Any], config: PretrainConfig, saved_fingerp
                     fingerprint: str) -> Dict[str, Tuple[Any, Any]]:
     """The deliberate changes (key -> (saved, new)) of a resumed run's config; any other change of a key that
     alters the run's arithmetic is a ConfigError naming each key with both values."""
-    old, new = _flatten(saved), _flatten(config.model_dump())
+    old, new = _flatten(_with_typed_arch(saved)), _flatten(config.model_dump())
     differences = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
                    if old.get(key) != new.get(key) and key not in KEYS_FREE_TO_CHANGE}
     saved_epochs_per_round = saved.get("eval_interval") or saved.get("epochs")
@@ -101,6 +108,6 @@ def config_fingerprint(config: PretrainConfig) -> str:
 def continue_metrics_file(source_dir: str, run_dir: str, step: int, record: Dict[str, Any]) -> None:
     """Make `run_dir`'s metrics.jsonl the source run's rows up to `step` (later rows came from steps that
     are being run again), followed by `record`, the resume row."""
-    source = os.path.join(source_dir, METRICS_FILE)
-    rows = [row for row in read_metrics_rows(source) if row.get("step", 0) <= step] if os.path.isfile(source) else []
-    checkpointing.write_jsonl(os.path.join(run_dir, METRICS_FILE), rows + [record])
+    source = os.path.join(source_dir, run_folder.METRICS_FILE)
+    rows = [row for row in run_folder.read_metrics(source) if row.get("step", 0) <= step] if os.path.isfile(source) else []
+    run_folder.write_jsonl(os.path.join(run_dir, run_folder.METRICS_FILE), rows + [record])

@@ -38,8 +38,11 @@ class RoutingScheduleConfig(pydantic.BaseModel):
 
 
 class RoutingSchedule:
+    """Sets the model's routing controllers and loss weights before each step, and treats their gradients."""
+
     def __init__(self, model: ACTLossHead, config: RoutingScheduleConfig, total_steps: int):
         self.model = model
+        self.routers = list(model.routers().values())
         self.config = config
         self.steps_per_epoch = config.schedule_epoch_steps or max(1, total_steps // config.schedule_epochs_per_run)
         groups = model.parameter_groups()
@@ -51,7 +54,8 @@ class RoutingSchedule:
         return (step - 1) // self.steps_per_epoch
 
     def temperature(self, epoch: int) -> float:
-        return max(self.config.temperature_min, self.config.temperature_init * self.config.temperature_decay ** epoch)
+        """`temperature_init * temperature_decay^epoch`; the controllers floor it at `temperature_min`."""
+        return self.config.temperature_init * self.config.temperature_decay ** epoch
 
     def entropy_weight(self, epoch: int) -> float:
         """`entropy_reg`, halved every `entropy_decay_epochs` epochs."""
@@ -63,7 +67,8 @@ class RoutingSchedule:
     def before_step(self, step: int) -> None:
         """Set this step's temperature and loss weights (in-place tensor updates: no recompilation)."""
         epoch = self.epoch(step)
-        self.model.set_routing_temperature(self.temperature(epoch), minimum=self.config.temperature_min)
+        for router in self.routers:
+            router.set_temperature(self.temperature(epoch), minimum=self.config.temperature_min)
         self.model.set_routing_loss_weights(entropy=self.entropy_weight(epoch), ponder=self.config.ponder_tau)
 
     def before_optimizer_step(self, step: int) -> None:

@@ -1,0 +1,62 @@
+"""The run folder's files: train_state.pt of this version and of older ones, and metrics.jsonl with a torn line."""
+import json
+import os
+
+import pytest
+import torch
+
+from training.run_folder import (TRAIN_STATE_VERSION, RunFolderError, SavedTrainState, read_metrics, read_train_state,
+                                 read_weights, write_train_state)
+from training.train_state import TrainProgress
+
+WEIGHTS = {"model.inner.H_init": torch.arange(3.0)}
+
+
+def saved_state(**changes):
+    values = dict(model=WEIGHTS, optimizers=[{"state": {}, "param_groups": []}],
+                  progress=TrainProgress(step=12, rounds_done=1, batches_done_in_round=0),
+                  per_rank=[{"carry": None, "torch_rng": torch.get_rng_state(), "cuda_rng": None}] * 2,
+                  config={"lr": 1e-4}, data_fingerprint="abc")
+    return SavedTrainState(**dict(values, **changes))
+
+
+def test_train_state_round_trips_with_its_version(tmp_path):
+    path = write_train_state(str(tmp_path), saved_state())
+    assert torch.load(path, weights_only=False)["version"] == TRAIN_STATE_VERSION
+    loaded = read_train_state(path)
+    assert loaded.version == TRAIN_STATE_VERSION and loaded.world_size == 2
+    assert loaded.progress == TrainProgress(step=12, rounds_done=1, batches_done_in_round=0)
+    assert loaded.config == {"lr": 1e-4} and loaded.data_fingerprint == "abc" and loaded.ema is None
+    assert torch.equal(read_weights(path)["model.inner.H_init"], WEIGHTS["model.inner.H_init"])
+
+
+def test_a_train_state_without_a_version_still_loads(tmp_path):
+    # The layout before the version field: config and fingerprint under "run", the process count beside.
+    path = tmp_path / "train_state.pt"
+    per_rank = [{"carry": None, "torch_rng": torch.get_rng_state(), "cuda_rng": None}]
+    torch.save({"model": WEIGHTS, "optimizers": [], "progress": {"step": 7, "rounds_done": 0, "batches_done_in_round": 7},
+                "run": {"config": {"lr": 3e-4}, "data_fingerprint": "f00"}, "world_size": 1, "per_rank": per_rank,
+                "ema": {"rate": 0.9}}, path)
+    loaded = read_train_state(str(path))
+    assert loaded.version == 0 and loaded.world_size == 1 and loaded.progress.step == 7
+    assert loaded.config == {"lr": 3e-4} and loaded.data_fingerprint == "f00" and loaded.ema == {"rate": 0.9}
+
+
+def test_a_foreign_file_is_not_a_train_state(tmp_path):
+    path = tmp_path / "train_state.pt"
+    torch.save({"model": WEIGHTS}, path)
+    with pytest.raises(RunFolderError, match="not a training state of this version .missing optimizers"):
+        read_train_state(str(path))
+    torch.save({"version": TRAIN_STATE_VERSION + 1}, path)
+    with pytest.raises(RunFolderError, match="newer version"):
+        read_train_state(str(path))
+
+
+def test_metrics_reader_skips_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 10, "train/lm_loss": 1.5}, {"step": 20, "train/lm_loss": 1.25}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "\n" + '{"step": 30, "train/lm')
+    assert read_metrics(str(path)) == rows
+    path.write_text(json.dumps(rows[0]) + "\n" + '{"step": 30, "train/lm\n' + json.dumps(rows[1]) + "\n")
+    with pytest.raises(RunFolderError, match=f"{os.path.basename(path)}, line 2: not valid JSON"):
+        read_metrics(str(path))

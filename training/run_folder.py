@@ -1,0 +1,239 @@
+"""The run folder `checkpoints/<project>/<run>/`: the names of its files, and reading and writing each of them.
+
+It holds `all_config.yaml` (the run's config), `step_N` (the model's state dict, loadable by the reference
+release), `train_state.pt` (all that resume needs), `metrics.jsonl` (one row per log), the saved evaluation
+outputs `step_N_all_preds.<rank>` and the routing logs `routing_N.jsonl`. Every file is written under a
+temporary name and renamed into place, so a crash never leaves a torn file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+import yaml
+
+from command_line import MissingInputError, UserError
+from dataset.atomic_file import FileWriteError, atomic_path, write_text
+from models.checkpoint import CheckpointError, strip_compiled_prefix
+from training.train_state import TrainProgress
+
+__all__ = ["FileWriteError", "atomic_path", "write_text"]  # the atomic writer, for training and the tools
+
+CONFIG_FILE = "all_config.yaml"
+TRAIN_STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+# What a new run deletes from a folder it may overwrite: the files runs write, and temporary leftovers.
+RUN_FILE_PATTERNS = ("step_*", TRAIN_STATE_FILE, CONFIG_FILE, METRICS_FILE, "routing_*.jsonl", "*.tmp")
+# The files that make a folder hold a run (one that died before its first save left neither).
+RUN_MARKER_PATTERNS = ("step_*", TRAIN_STATE_FILE)
+
+
+class RunFolderError(UserError):
+    """A run-folder file cannot be created or read; the message names the file and the reason."""
+
+
+def weights_path(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, f"step_{step}")
+
+
+def predictions_prefix(run_dir: str, step: int) -> str:
+    """Saved evaluation outputs go to `<prefix>.<rank>`."""
+    return os.path.join(run_dir, f"step_{step}_all_preds")
+
+
+def predictions_prefix_of(checkpoint: str) -> str:
+    """Where evaluating `checkpoint` saves its outputs: `<run>/step_N_all_preds` for a weights file `step_N`
+    or for the run's train_state.pt (its step)."""
+    if is_train_state_file(checkpoint):
+        return predictions_prefix(os.path.dirname(checkpoint), read_train_state(checkpoint).progress.step)
+    return f"{checkpoint}_all_preds"
+
+
+def write_predictions(prefix: str, rank: int, outputs: Dict[str, torch.Tensor]) -> str:
+    """Write one process's saved evaluation outputs (name -> rows) to `<prefix>.<rank>`."""
+    path = f"{prefix}.{rank}"
+    with atomic_path(path) as tmp_path:
+        torch.save(outputs, tmp_path)
+    return path
+
+
+def routing_log_path(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, f"routing_{step}.jsonl")
+
+
+def is_train_state_file(path: str) -> bool:
+    return os.path.basename(path) == TRAIN_STATE_FILE
+
+
+def run_folder_of(resume: str) -> str:
+    """The run folder of `resume=` (the folder itself, or the folder holding the state file)."""
+    return resume if os.path.isdir(resume) else os.path.dirname(os.path.abspath(resume))
+
+
+def resolve_resume_path(resume: str) -> str:
+    """Accept a run folder (holding train_state.pt) or the state file itself."""
+    path = train_state_path(resume) if os.path.isdir(resume) else resume
+    if not os.path.isfile(path):
+        raise MissingInputError(f"resume: no training state at {path}")
+    return path
+
+
+def make_run_folder(run_dir: str) -> None:
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# all_config.yaml
+
+def write_config(run_dir: str, config_dict: Dict[str, Any]) -> None:
+    make_run_folder(run_dir)
+    write_text(os.path.join(run_dir, CONFIG_FILE), yaml.safe_dump(config_dict, sort_keys=True))
+
+
+def read_config(run_dir: str) -> Dict[str, Any]:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise MissingInputError(f"{path} not found: a run folder holds all_config.yaml beside its step_N files")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise RunFolderError(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path} does not hold a config (got {type(values).__name__})")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics.jsonl and the other JSON-lines logs
+
+def write_jsonl(path: str, rows: List[dict]) -> None:
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_metrics(path: str) -> List[dict]:
+    """The rows of a metrics.jsonl, blank lines skipped.
+
+    Rows are appended whole, newline last, so a crash can tear only an unterminated last line: that one is
+    skipped. Any other line that is not a JSON object is a RunFolderError naming the line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        torn = number == len(lines) and not line.endswith("\n")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn:
+                continue
+            raise RunFolderError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path}, line {number}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# step_N weights
+
+def save_model_weights(run_dir: str, step: int, model_state: Dict[str, torch.Tensor]) -> str:
+    """Write `step_<step>`: the model's state dict, loadable by the reference release."""
+    path = weights_path(run_dir, step)
+    with atomic_path(path) as tmp_path:
+        torch.save(model_state, tmp_path)
+    return path
+
+
+def _first_line(error: Exception) -> str:
+    detail = str(error).strip()
+    return detail.splitlines()[0][:120] if detail else "no detail"
+
+
+def read_weights(path: str) -> Dict[str, torch.Tensor]:
+    """The model weights of a `step_N` file (a plain state dict, ours or the reference's) or of a run's
+    `train_state.pt`, on the CPU and without the compile prefix. A missing, truncated or foreign file is a
+    one-line error."""
+    if not os.path.isfile(path):
+        raise MissingInputError(f"checkpoint {path} not found")
+    if is_train_state_file(path):
+        return strip_compiled_prefix(read_train_state(path).model)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a torch file: zip, pickle and EOF errors vary with the damage
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return strip_compiled_prefix(loaded)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_state.pt
+
+# 1: the fields of SavedTrainState. Files without a version (0) hold the config and the dataset's
+# fingerprint under "run", and the process count as "world_size".
+TRAIN_STATE_VERSION = 1
+_LEGACY_KEYS = ("model", "optimizers", "progress", "run", "world_size", "per_rank")
+
+
+@dataclass
+class SavedTrainState:
+    """The contents of `train_state.pt`: all that resume needs to continue a run exactly."""
+    model: Dict[str, torch.Tensor]  # the plain model's state dict
+    optimizers: List[Dict[str, Any]]  # each optimizer's state dict, in the model's group order
+    progress: TrainProgress
+    per_rank: List[Dict[str, Any]]  # each process's own state (its ACT carry, random generators), by rank
+    config: Dict[str, Any]  # the run's config, as all_config.yaml holds it
+    data_fingerprint: Optional[str]  # the dataset's contents, checked on resume
+    ema: Optional[Dict[str, Any]] = None  # the weight average, with ema=true
+    version: int = TRAIN_STATE_VERSION
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes of the saving run."""
+        return len(self.per_rank)
+
+
+def train_state_path(run_dir: str) -> str:
+    return os.path.join(run_dir, TRAIN_STATE_FILE)
+
+
+def write_train_state(run_dir: str, saved: SavedTrainState) -> str:
+    path = train_state_path(run_dir)
+    fields = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
+    with atomic_path(path) as tmp_path:
+        torch.save(dict(fields, progress=dataclasses.asdict(saved.progress)), tmp_path)
+    return path
+
+
+def read_train_state(path: str) -> SavedTrainState:
+    """Read a `train_state.pt` (of this version or of an older one without a version field) on the CPU."""
+    try:
+        values = torch.load(path, map_location="cpu", weights_only=False)  # our own format: more than tensors
+    except Exception as e:  # truncated or not a torch file: pickle, zip and EOF errors vary by damage
+        raise RunFolderError(f"{path} cannot be read as a training state ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path} is not a training state (it holds a {type(values).__name__})")
+    version = values.get("version", 0)
+    if version > TRAIN_STATE_VERSION:
+        raise RunFolderError(f"{path} is a training state of a newer version ({version}; this one reads up to "
+                             f"{TRAIN_STATE_VERSION})")
+    required = _LEGACY_KEYS if version == 0 else [f.name for f in dataclasses.fields(SavedTrainState)
+                                                  if f.default is dataclasses.MISSING]
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise RunFolderError(f"{path} is not a training state of this version (missing {', '.join(missing)})")
+    if version == 0:
+        run = values["run"]
+        values = {key: value for key, value in values.items() if key not in ("run", "world_size")}
+        values.update(config=run["config"], data_fingerprint=run.get("data_fingerprint"), version=0)
+    progress = TrainProgress(**{name: int(value) for name, value in values.pop("progress").items()})
+    return SavedTrainState(progress=progress, **values)
