@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import torch.distributed as dist
 
-from dataset.atomic_file import FileWriteError
+from command_line import MissingInputError, OneLineArgumentParser, exit_status, run_cli
 from dataset.format import metadata_file, read_metadata
 from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
@@ -25,7 +25,6 @@ from training import run_folder
 from training.build import create_loader, create_model
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from puzzle_tools.tool_io import OneLineArgumentParser
 from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate
 from training.fast_path import prepare_model
 
@@ -109,9 +108,10 @@ def outputs_to_save(args, data_path: str) -> List[str]:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     ctx = setup_distributed()
-    try:
+
+    def run() -> None:
         if not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
+            raise MissingInputError(f"checkpoint {args.checkpoint} not found")
         run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
         values = run_folder.read_config(run_dir)
         run_data_path = None
@@ -147,17 +147,16 @@ def main(argv=None) -> int:
                 from puzzle_tools.arc_vote import vote
                 metrics = dict(metrics, arc_vote=vote(config.data_path, prefix, args.vote_k))
             print(json.dumps(metrics, indent=2))
-    except (ConfigError, FileNotFoundError, ValueError, run_folder.RunFolderError, FileWriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    try:
+        return exit_status(run)
     finally:
         teardown_distributed()
-    return 0
 
 
 def cli() -> None:
     """Console-script entry point (`hrm-evaluate`)."""
-    sys.exit(main())
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every argument is a Hydra override of the config in config/ (`lr=3e-4 arch.L_cyc
 `arch=hrm_poh`, `+new_key=value`), composed as the reference's `@hydra.main` composes them. Any mistake,
 in an override or in a value, stops with one `error:` line naming it.
 """
+import argparse
 import logging
 import os
 import shlex
@@ -17,6 +18,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset.atomic_file import FileWriteError
 from models.config_validation import ConfigError
 from puzzle_tools.plot_run import plot_runs
@@ -85,11 +87,14 @@ def run_summary(run: FinishedRun, draw_plots: bool) -> str:
     return "\n".join(lines)
 
 
-def main(argv: List[str] = None) -> None:
-    overrides = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in overrides):
-        print(__doc__.strip())
-        return
+def parse_overrides(argv: List[str] = None) -> List[str]:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="a Hydra override, e.g. lr=3e-4 or data=maze")
+    return parser.parse_args(argv).overrides
+
+
+def main(argv: List[str] = None) -> int:
+    overrides = parse_overrides(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # as the reference logs
     ctx = setup_distributed()
     try:
@@ -104,17 +109,19 @@ def main(argv: List[str] = None) -> None:
         finished = run_training(config, ctx)
         if finished is not None and ctx.is_main:
             print(run_summary(finished, config.plots), flush=True)
-    except TrainingInterrupted as e:
+    except TrainingInterrupted as e:  # not a mistake: the state is saved, and the shell sees the signal
         if ctx.is_main:
             print(e, file=sys.stderr)
+        return e.exit_code
+    finally:
         teardown_distributed()
-        sys.exit(e.exit_code)
-    except (ConfigError, FileNotFoundError, run_folder.RunFolderError, FileWriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        teardown_distributed()
-        sys.exit(2)
-    teardown_distributed()
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point (`hrm-pretrain`)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset.format import PuzzleDatasetMetadata
 from models.attention import resolve_backend
 from training import fast_path
@@ -36,8 +37,8 @@ ARCH = dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASK_SHAPES), default="sudoku")
     parser.add_argument("--batch-size", type=int, default=None, help="per-GPU batch (default: the task's published one)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps (after warm-up)")
@@ -53,7 +54,20 @@ def parse_args():
     parser.add_argument("--inductor-options", default="{}", help="JSON of extra Inductor options for the fast path")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--arch", default="{}", help="JSON of arch overrides, e.g. '{\"hidden_size\": 64}'")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.arch = json_object(parser, "--arch", args.arch)
+    args.inductor_options = json_object(parser, "--inductor-options", args.inductor_options)
+    return args
+
+
+def json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"{flag} {text!r}: not valid JSON ({e.msg})")
+    if not isinstance(value, dict):
+        parser.error(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def random_batches(count, batch_size, seq_len, vocab_size, num_identifiers, device):
@@ -76,7 +90,7 @@ def peak_memory_gib(ctx):
 def measure(args, ctx, fast: bool, shapes, batches):
     """Build a train state (seeded: the same initial weights for either path) and time it."""
     seq_len, vocab_size, num_identifiers = shapes
-    arch = dict(ARCH, forward_dtype=args.dtype, attention_backend=args.attention_backend, **json.loads(args.arch))
+    arch = dict(ARCH, forward_dtype=args.dtype, attention_backend=args.attention_backend, **args.arch)
     global_batch = args.batch_size * ctx.world_size
     config = load_config(dict(arch=arch, data_path="unused", global_batch_size=global_batch, epochs=1, lr=1e-4,
                               lr_min_ratio=1.0, lr_warmup_steps=2000, weight_decay=1.0, beta1=0.9, beta2=0.95,
@@ -121,10 +135,10 @@ def measure(args, ctx, fast: bool, shapes, batches):
     return figures
 
 
-def main():
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     args.batch_size = args.batch_size or DEFAULT_BATCH[args.task]
-    fast_path.FAST_PATH_OPTIONS.update(json.loads(args.inductor_options))
+    fast_path.FAST_PATH_OPTIONS.update(args.inductor_options)
     ctx = setup_distributed()
     shapes = TASK_SHAPES[args.task]
     batches = random_batches(4, args.batch_size, *shapes, ctx.device)
@@ -137,7 +151,7 @@ def main():
                       attention_backend=resolve_backend(args.attention_backend), sdpa_backend=args.sdpa_backend,
                       inductor_options=fast_path.FAST_PATH_OPTIONS,
                       device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu",
-                      routing=json.loads(args.arch).get("routing", {}).get("controller", "none"), runs=runs,
+                      routing=args.arch.get("routing", {}).get("controller", "none"), runs=runs,
                       compiled_graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"],
                       cudagraph_skips=torch._dynamo.utils.counters["inductor"]["cudagraph_skips"])
         if len(runs) == 2:
@@ -150,4 +164,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

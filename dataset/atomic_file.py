@@ -6,8 +6,10 @@ import contextlib
 import os
 from typing import Iterator
 
+from command_line import UserError
 
-class FileWriteError(Exception):
+
+class FileWriteError(UserError):
     """A file cannot be written (read-only folder, full disk, a path under a file); the message names it."""
 
 

@@ -55,8 +55,9 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset.atomic_file import write_text
-from dataset.common import DatasetBuildError, atomic_output_dir, dihedral_transform, run_builder
+from dataset.common import DatasetBuildError, atomic_output_dir, dihedral_transform
 from dataset.format import (ARC_COLOUR_OFFSET, ARC_END_TOKEN, ARC_GRID_SIZE, ARC_PAD_TOKEN, ARC_SEQ_LEN,
                             ARC_VOCAB_SIZE, TEST_PUZZLES_FILE, PuzzleDatasetMetadata, save_identifiers, save_split,
                             split_file)
@@ -598,9 +599,9 @@ def build(sources: List[Tuple[str, List[SourcePuzzle]]], output_dir: str, test_s
 # Command line
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:]))
+    parser = OneLineArgumentParser(description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="\n".join(__doc__.split("\n")[2:]))
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="arc-1: ARC-AGI-1 training+evaluation+ConceptARC (subsets training, evaluation, "
                              "concept); arc-2: ARC-AGI-2 (training2, evaluation2); both read from --arc-data. "
@@ -667,4 +668,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_builder(main)
+    run_cli(main)

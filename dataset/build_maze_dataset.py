@@ -18,8 +18,9 @@ import numpy as np
 from huggingface_hub import hf_hub_download
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset import maze_generator
-from dataset.common import (DatasetBuildError, atomic_output_dir, dihedral_transform, read_puzzle_csv, run_builder,
+from dataset.common import (DatasetBuildError, atomic_output_dir, dihedral_transform, read_puzzle_csv,
                             write_puzzle_csv)
 from dataset.format import (MAZE_CHAR_TO_TOKEN, MAZE_CHARSET, MAZE_VOCAB_SIZE, PuzzleDatasetMetadata, save_identifiers,
                             save_split)
@@ -28,7 +29,7 @@ SPLITS = ("train", "test")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="data/maze-30x30-hard-1k",
                         help="dataset folder to write (default %(default)s)")
     parser.add_argument("--subsample-size", type=int, default=None,
@@ -217,4 +218,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_builder(main)
+    run_cli(main)

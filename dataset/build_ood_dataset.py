@@ -49,18 +49,17 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset import maze_generator
 from dataset.common import DatasetBuildError, atomic_output_dir
 from dataset.format import (MAZE_CHAR_TO_TOKEN, MAZE_VOCAB_SIZE, SUDOKU_BLANK, SUDOKU_SEQ_LEN, SUDOKU_VOCAB_SIZE,
-                            DatasetFormatError, DatasetSplit, PuzzleDatasetMetadata, PuzzleSet, read_metadata,
-                            read_split, save_identifiers, save_split)
-from puzzle_tools.tool_io import OneLineArgumentParser
+                            DatasetSplit, PuzzleDatasetMetadata, PuzzleSet, read_metadata, read_split,
+                            save_identifiers, save_split)
 
 # The reference's "hard" mazes: a shortest path longer than 110 of the 449 cells a 30x30 path can hold.
 HARD_PATH_FRACTION = (maze_generator.HARD_MIN_PATH_LENGTH
@@ -325,16 +324,15 @@ def build_subsample(args: argparse.Namespace) -> str:
     return f"wrote {', '.join(written)} into {os.path.abspath(args.output_dir)}"
 
 
+def run_command(args: argparse.Namespace) -> None:
+    build = {"maze-size": build_maze_size, "sudoku-givens": build_sudoku_givens, "subsample": build_subsample}
+    print(build[args.command](args))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        build = {"maze-size": build_maze_size, "sudoku-givens": build_sudoku_givens, "subsample": build_subsample}
-        print(build[args.command](args))
-    except (DatasetBuildError, DatasetFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run_command(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

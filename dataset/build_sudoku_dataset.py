@@ -18,8 +18,9 @@ import huggingface_hub
 import numpy as np
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, run_cli
 from dataset import sudoku_generator
-from dataset.common import DatasetBuildError, atomic_output_dir, read_puzzle_csv, run_builder, write_puzzle_csv
+from dataset.common import DatasetBuildError, atomic_output_dir, read_puzzle_csv, write_puzzle_csv
 from dataset.format import SUDOKU_SEQ_LEN, SUDOKU_VOCAB_SIZE, PuzzleDatasetMetadata, save_identifiers, save_split
 
 SPLITS = ("train", "test")
@@ -31,7 +32,7 @@ CELL_VALUE[ord("1"):ord("9") + 1] = np.arange(1, 10)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="data/sudoku-extreme-full",
                         help="dataset folder to write (default %(default)s)")
     parser.add_argument("--subsample-size", type=int, default=None,
@@ -212,8 +213,8 @@ def build(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
-    run_builder(lambda: build(parse_args(argv)))
+    build(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,13 +8,12 @@ import glob
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from dataset.atomic_file import FileWriteError
+from command_line import UserError
 from dataset.format import metadata_file
 
 # Dihedral transform ids: identity, rot90, rot180, rot270, flip left-right, flip up-down, transpose,
@@ -24,7 +23,7 @@ DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 PUZZLE_CSV_HEADER = ("source", "question", "answer", "rating")
 
 
-class DatasetBuildError(Exception):
+class DatasetBuildError(UserError):
     """Bad builder input or settings; the message names the file, row or flag at fault."""
 
 
@@ -196,13 +195,3 @@ def dataset_fingerprint(dataset_dir: str, sample_bytes: int = 1 << 16) -> str:
                 tail = f.read(sample_bytes)
             digest.update(name.encode() + b"\0" + str(size).encode() + head + tail)
     return digest.hexdigest()[:16]
-
-
-def run_builder(main: Callable[[], None]) -> None:
-    """Run a builder's main; a DatasetBuildError or an unwritable file becomes one `error: ...` line and
-    exit status 2."""
-    try:
-        main()
-    except (DatasetBuildError, FileWriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pydantic
 
+from command_line import UserError
+
 # --- token layouts ----------------------------------------------------------------------------------------
 
 # Sudoku: 81 cells in row order; token 0 pads, 1 is a blank cell and digit d is d + 1.
@@ -59,7 +61,7 @@ FULL_CHECK_BYTES = 64 << 20
 SAMPLED_ROWS = 4096
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset folder that is missing or not in the puzzle dataset format; the message names the path."""
 
 

@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from tqdm import tqdm
 
+from command_line import UserError
+
 WALL, OPEN, START, GOAL, PATH = "#", " ", "S", "G", "o"
 
 MIN_GRID_SIZE, MAX_GRID_SIZE = 3, 30
@@ -48,7 +50,7 @@ MAX_ATTEMPTS = 200
 MAX_REDRAWS = 20
 
 
-class MazeGenerationError(Exception):
+class MazeGenerationError(UserError):
     """The requested mazes could not be produced (settings too hard or too few distinct mazes)."""
 
 

@@ -6,6 +6,13 @@ from typing import Dict, List, Mapping, Set
 import torch
 from torch import nn
 
+from command_line import UserError
+
+
+class CheckpointError(UserError, ValueError):
+    """A weights file that cannot be read or does not fit the model; the message names the file or key."""
+
+
 # torch.compile wraps the module and prefixes every state-dict key with this.
 COMPILED_PREFIX = "_orig_mod."
 
@@ -33,14 +40,14 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
     expected = target.state_dict()
     for key, value in state_dict.items():
         if key in expected and value.shape != expected[key].shape:
-            raise ValueError(f"checkpoint does not match the model: {key} has shape {tuple(value.shape)} in the "
-                             f"checkpoint and {tuple(expected[key].shape)} in the model")
+            raise CheckpointError(f"checkpoint does not match the model: {key} has shape {tuple(value.shape)} in "
+                                  f"the checkpoint and {tuple(expected[key].shape)} in the model")
     routing = routing_keys(target)
     missing = [k for k in expected if k not in state_dict and k not in routing]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: {_first_keys('missing', missing)}"
-                         f"{', ' if missing and unexpected else ''}{_first_keys('unexpected', unexpected)}")
+        raise CheckpointError(f"checkpoint does not match the model: {_first_keys('missing', missing)}"
+                              f"{', ' if missing and unexpected else ''}{_first_keys('unexpected', unexpected)}")
     missing_routing, _ = target.load_state_dict(state_dict, strict=False)
     return missing_routing
 

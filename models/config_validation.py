@@ -5,10 +5,12 @@ from typing import Type, TypeVar
 
 import pydantic
 
+from command_line import UserError
+
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is unknown, missing or ill-typed; the message names the field."""
 
 

@@ -21,18 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset.format import IDENTIFIERS_FILE, TEST_PUZZLES_FILE, read_test_puzzles
 from puzzle_tools.dataset_reader import NamedSplit, read_named_split
 from puzzle_tools.grids import ARC, ArcVersion, crop_arc_canvas, parse_arc_version, to_original_frame
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import ToolInputError, exit_code_of
+from puzzle_tools.tool_io import ToolInputError
 from training.run_folder import write_text
 
 DEFAULT_KS = (1, 2, 10, 100, 1000)
@@ -197,8 +197,8 @@ def vote(dataset_dir: str, prediction_prefix: str, ks: Sequence[int] = DEFAULT_K
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, _, details = __doc__.partition("\n\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=summary, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, metavar="DIR",
                         help="ARC dataset folder (its test split, identifiers.json and test_puzzles.json)")
     parser.add_argument("--predictions", required=True, metavar="PREFIX",
@@ -221,8 +221,8 @@ def main(argv=None) -> int:
             write_text(args.submission, json.dumps(submission(result)))
         print(json.dumps(score(result, args.k), indent=2))
 
-    return exit_code_of(run)
+    return exit_status(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

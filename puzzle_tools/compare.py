@@ -34,26 +34,19 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import warnings
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from puzzle_tools.tool_io import OneLineArgumentParser
+from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
 from training.run_folder import atomic_path
-
-try:
-    from scipy import stats
-except ImportError:  # scipy is an optional extra of the package
-    print("error: compare.py needs scipy: pip install scipy (or pip install -e '.[plot]')", file=sys.stderr)
-    sys.exit(2)
 
 BOOTSTRAP_RESAMPLES = 9999
 CONFIDENCE_LEVEL = 0.95
 
 
-class CompareError(Exception):
+class CompareError(UserError):
     """Bad input; the message names the file, column or arm."""
 
 
@@ -137,6 +130,8 @@ def compare(metric: str, baseline: np.ndarray, treatment: np.ndarray, seed: int)
     if np.ptp(baseline) == 0 and np.ptp(treatment) == 0:
         raise CompareError(f"{metric} is constant within both arms (baseline {baseline[0]:g}, treatment "
                            f"{treatment[0]:g}): the t statistic is undefined")
+    from scipy import stats  # an optional extra of the package, checked by compare_arms
+
     with warnings.catch_warnings():
         if np.ptp(baseline) == 0 or np.ptp(treatment) == 0:
             # scipy calls an arm of identical runs (all 100% accurate, say) a precision loss; its variance is exactly 0.
@@ -195,29 +190,30 @@ def plot(result: Comparison, path: str) -> None:
         plt.close(figure)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        shared = parse_filters("--filter", args.filter)
-        baseline = read_arm(args.baseline, args.metric,
-                            shared + parse_filters("--baseline-filter", args.baseline_filter))
-        treatment = read_arm(args.treatment, args.metric,
-                             shared + parse_filters("--treatment-filter", args.treatment_filter))
-        if args.plot:
-            if importlib.util.find_spec("matplotlib") is None:  # only --plot needs it
-                raise CompareError("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
-            if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-                raise CompareError(f"--plot {args.plot}: its folder does not exist")
-        result = compare(args.metric, baseline, treatment, args.seed)
-    except CompareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def compare_arms(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("scipy") is None:
+        raise CompareError("compare.py needs scipy: pip install scipy (or pip install -e '.[plot]')")
+    shared = parse_filters("--filter", args.filter)
+    baseline = read_arm(args.baseline, args.metric,
+                        shared + parse_filters("--baseline-filter", args.baseline_filter))
+    treatment = read_arm(args.treatment, args.metric,
+                         shared + parse_filters("--treatment-filter", args.treatment_filter))
+    if args.plot:
+        if importlib.util.find_spec("matplotlib") is None:  # only --plot needs it
+            raise CompareError("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+            raise CompareError(f"--plot {args.plot}: its folder does not exist")
+    result = compare(args.metric, baseline, treatment, args.seed)
     print(json.dumps(result.as_json(), indent=2) if args.json else report(result, args.baseline, args.treatment,
                                                                          args.seed))
     if args.plot:
         plot(result, args.plot)
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return exit_status(lambda: compare_arms(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

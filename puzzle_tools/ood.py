@@ -18,16 +18,16 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset.format import (SUDOKU_BLANK, SUDOKU_SEQ_LEN, SUDOKU_SIDE, SUDOKU_VOCAB_SIZE, DatasetSplit, loss_labels,
                             read_split)
 from puzzle_tools.grids import SUDOKU, detect_task
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import OneLineArgumentParser, ToolInputError, exit_code_of
+from puzzle_tools.tool_io import ToolInputError
 
 TEST_SPLIT = "test"
 
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
         scores = score_sudoku(args.dataset, args.predictions)
         print(json.dumps(scores, indent=2) if args.json else score_table(scores))
 
-    return exit_code_of(run)
+    return exit_status(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

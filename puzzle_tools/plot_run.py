@@ -15,14 +15,14 @@ import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from models.hrm import LEVELS
-from puzzle_tools.tool_io import ToolInputError, exit_code_of
+from puzzle_tools.tool_io import ToolInputError
 from training.metrics import TRAIN_PREFIX, routing_metric_name
 from training.run_folder import METRICS_FILE, atomic_path, read_metrics
 
@@ -167,8 +167,8 @@ def plot_runs(run_dirs: List[str], out_dir: str) -> List[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, _, details = __doc__.partition("\n\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=summary, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help=f"run folders holding {METRICS_FILE}")
     parser.add_argument("--out", metavar="DIR", help="folder for the PNG files (default: the first run folder)")
     return parser.parse_args(argv)
@@ -181,8 +181,8 @@ def main(argv=None) -> int:
         for path in plot_runs(args.run_dirs, args.out or args.run_dirs[0]):
             print(json.dumps(path))
 
-    return exit_code_of(run)
+    return exit_status(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

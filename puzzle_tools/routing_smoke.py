@@ -18,12 +18,13 @@ import argparse
 
 import torch
 
+from command_line import OneLineArgumentParser, run_cli
 from models.routing import (DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN, ACTHRMPointerController,
                             HRMPointerController, PointerOverHeadsController)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--controller", choices=["classical", "hrm", "hrm_act"], default="hrm")
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--T", type=int, default=4, help="hrm: the slow state updates every T calls")
@@ -79,4 +80,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

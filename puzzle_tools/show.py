@@ -11,16 +11,16 @@ followed by a mark: `!` after a wrong cell of the prediction.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional
 
 import numpy as np
 
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset.format import loss_labels
 from puzzle_tools.dataset_reader import read_named_split
 from puzzle_tools.grids import Task, cell_symbol, decode_example
 from puzzle_tools.predictions import load_predictions
-from puzzle_tools.tool_io import ToolInputError, exit_code_of
+from puzzle_tools.tool_io import ToolInputError
 
 WRONG_MARK = "!"
 
@@ -76,8 +76,8 @@ def describe_example(dataset_dir: str, split_name: str, set_name: Optional[str],
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, _, details = __doc__.partition("\n\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=summary, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder")
     parser.add_argument("--split", default="test", help="split (default %(default)s)")
     parser.add_argument("--set", dest="set_name", metavar="SET",
@@ -90,9 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return exit_code_of(lambda: print(describe_example(args.dataset, args.split, args.set_name, args.index,
+    return exit_status(lambda: print(describe_example(args.dataset, args.split, args.set_name, args.index,
                                                        args.predictions)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -65,10 +65,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from tqdm import tqdm
 
+from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
 from dataset.format import read_metadata
 from models.hrm import LEVELS
 from models.routing import RoutingDiagnostics
-from puzzle_tools.tool_io import OneLineArgumentParser
 from training.metrics import TRAIN_PREFIX, routing_metric_name
 from training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolderError, read_metrics, write_text
 
@@ -94,7 +94,7 @@ ROUTING_SOURCES = {"routing_entropy": ("entropy_mean", "mean"),
                    "n_H_updates": ("slow_updates", "sum")}
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """Bad flags, an incompatible CSV or a foreign run folder; the message names the flag, file or key."""
 
 
@@ -447,43 +447,44 @@ def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: st
     return failures
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        grid = parse_grid(args.grid)
-        csv_name = os.path.splitext(os.path.basename(args.csv))[0]
-        runs_dir = args.runs_dir or os.path.join("checkpoints", f"sweep-{csv_name}")
-        specs = plan_runs(grid, args.seeds, args.overrides, runs_dir)
-        gpus: List[Optional[str]] = [None]
-        if args.gpus is not None:
-            gpus = args.gpus.split(",")
-            if not all(gpus) or len(set(gpus)) != len(gpus):
-                raise SweepError(f"--gpus {args.gpus!r}: expected distinct comma-separated GPU ids, e.g. 0,1")
-        if args.max_runs is not None and args.max_runs < 1:
-            raise SweepError(f"--max-runs must be at least 1, got {args.max_runs}")
-        fixed_overrides = " ".join(args.overrides)
-        results = ResultsCsv(args.csv, grid, fixed_overrides)
-        pending = [spec for spec in specs if not results.has(spec)]
-        skipped = len(specs) - len(pending)
-        pending = pending[:args.max_runs]
-        if args.dry_run:
-            for spec in pending:
-                print(" ".join(command_of(spec)))
-            return 0
-        check_run_folders(pending, args.csv)
-        print(f"sweep: {len(specs)} runs ({len(specs) // len(args.seeds)} grid points x {len(args.seeds)} seeds), "
-              f"{skipped} already in {args.csv}, {len(pending)} to run now", flush=True)
-        failures = run_sweep(pending, results, fixed_overrides, gpus, launch_run)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; rerun the same command to resume (finished runs are in {args.csv})", file=sys.stderr)
-        return 130
+def plan_and_run(args: argparse.Namespace) -> int:
+    grid = parse_grid(args.grid)
+    csv_name = os.path.splitext(os.path.basename(args.csv))[0]
+    runs_dir = args.runs_dir or os.path.join("checkpoints", f"sweep-{csv_name}")
+    specs = plan_runs(grid, args.seeds, args.overrides, runs_dir)
+    gpus: List[Optional[str]] = [None]
+    if args.gpus is not None:
+        gpus = args.gpus.split(",")
+        if not all(gpus) or len(set(gpus)) != len(gpus):
+            raise SweepError(f"--gpus {args.gpus!r}: expected distinct comma-separated GPU ids, e.g. 0,1")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise SweepError(f"--max-runs must be at least 1, got {args.max_runs}")
+    fixed_overrides = " ".join(args.overrides)
+    results = ResultsCsv(args.csv, grid, fixed_overrides)
+    pending = [spec for spec in specs if not results.has(spec)]
+    skipped = len(specs) - len(pending)
+    pending = pending[:args.max_runs]
+    if args.dry_run:
+        for spec in pending:
+            print(" ".join(command_of(spec)))
+        return 0
+    check_run_folders(pending, args.csv)
+    print(f"sweep: {len(specs)} runs ({len(specs) // len(args.seeds)} grid points x {len(args.seeds)} seeds), "
+          f"{skipped} already in {args.csv}, {len(pending)} to run now", flush=True)
+    failures = run_sweep(pending, results, fixed_overrides, gpus, launch_run)
     print(f"sweep: {len(pending) - len(failures)} runs finished, {len(failures)} failed"
           + (f" ({', '.join(f'{s.config_id} seed {s.seed}' for s, _ in failures)})" if failures else ""))
     return 1 if failures else 0
 
 
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return exit_status(lambda: plan_and_run(args))
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume (finished runs are in {args.csv})", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
-from puzzle_tools.arc_vote import ATTEMPTS, TEST_SPLIT, VoteResult, rank_answers
+from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset.format import PuzzleSet, loss_labels, read_test_puzzles
+from puzzle_tools.arc_vote import ATTEMPTS, TEST_SPLIT, VoteResult, rank_answers
 from puzzle_tools.dataset_reader import NamedSplit, read_named_split
 from puzzle_tools.grids import ARC, ARC_PALETTE, decode_example, is_exact, parse_arc_version, wrong_cells
 from puzzle_tools.predictions import Predictions, load_predictions
-from puzzle_tools.tool_io import exit_code_of
 from training.run_folder import write_text
 
 DEFAULT_MAX_PUZZLES = 200
@@ -377,8 +376,8 @@ renderPuzzle();
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, _, details = __doc__.partition("\n\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=summary, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder")
     parser.add_argument("--predictions", metavar="PREFIX",
                         help="prediction files PREFIX.<rank> saved by evaluate.py (or one file); default: none")
@@ -415,8 +414,8 @@ def main(argv=None) -> int:
         write_text(args.out, render_html(report))
         print(json.dumps(os.path.abspath(args.out)))
 
-    return exit_code_of(run)
+    return exit_status(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -11,8 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from command_line import run_cli
 from dataset import build_arc_dataset as arc
-from dataset.common import dihedral_transform, inverse_dihedral_transform, run_builder
+from dataset.common import dihedral_transform, inverse_dihedral_transform
 from dataset.format import read_metadata
 from dataset_scripts import run_builder_script
 
@@ -543,8 +544,8 @@ def test_missing_arc_data_file_is_one_line_naming_it(tmp_path, monkeypatch, caps
     folder = write_arc_data(tmp_path / "arc", PUZZLES)  # training and evaluation, no concept
     os.remove(os.path.join(folder, "arc-agi_evaluation_solutions.json"))
     with pytest.raises(SystemExit) as exit_info:
-        run_builder(lambda: arc.main(["--preset", "arc-1", "--arc-data", folder,
-                                      "--output-dir", str(tmp_path / "out")]))
+        run_cli(lambda: arc.main(["--preset", "arc-1", "--arc-data", folder,
+                                  "--output-dir", str(tmp_path / "out")]))
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
@@ -691,7 +692,7 @@ def test_download_into_a_file_is_an_error(fake_github, tmp_path):
 def run_download(folder, capsys):
     """Run `--download` like the command line; returns (exit status, stderr lines)."""
     with pytest.raises(SystemExit) as exit_info:
-        run_builder(lambda: arc.main(["--download", "--arc-data", str(folder)]))
+        run_cli(lambda: arc.main(["--download", "--arc-data", str(folder)]))
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return exit_info.value.code, err.splitlines()

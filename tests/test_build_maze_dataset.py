@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
+import command_line
 from dataset import build_maze_dataset, maze_generator
-from dataset.common import inverse_dihedral_transform, run_builder, write_puzzle_csv
+from dataset.common import inverse_dihedral_transform, write_puzzle_csv
 from dataset_scripts import run_builder_script
 
 # A 3x3 maze by hand: S down, right, down to G.
@@ -88,7 +89,7 @@ def test_generation_skips_duplicates_and_fails_when_too_few_mazes_exist():
 def run_cli(argv, capsys):
     """Run the builder like the command line; return (exit status, stderr)."""
     try:
-        run_builder(lambda: build_maze_dataset.main(argv))
+        command_line.run_cli(lambda: build_maze_dataset.main(argv))
         status = 0
     except SystemExit as e:
         status = e.code

@@ -8,6 +8,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 
+from command_line import run_cli
 from dataset import build_sudoku_dataset as builder
 from dataset import sudoku_generator as generator
 from dataset_scripts import run_builder_script
@@ -126,7 +127,7 @@ def tokens(text):
 
 def expect_error(capsys, argv, *fragments):
     with pytest.raises(SystemExit) as exit_info:
-        builder.main(argv)
+        run_cli(lambda: builder.main(argv))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")

@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 import yaml
 
+from command_line import MissingInputError, UserError
 from dataset.atomic_file import FileWriteError, atomic_path, write_text
-from models.checkpoint import strip_compiled_prefix
+from models.checkpoint import CheckpointError, strip_compiled_prefix
 from training.train_state import TrainProgress
 
 __all__ = ["FileWriteError", "atomic_path", "write_text"]  # the atomic writer, for training and the tools
@@ -31,7 +32,7 @@ RUN_FILE_PATTERNS = ("step_*", TRAIN_STATE_FILE, CONFIG_FILE, METRICS_FILE, "rou
 RUN_MARKER_PATTERNS = ("step_*", TRAIN_STATE_FILE)
 
 
-class RunFolderError(Exception):
+class RunFolderError(UserError):
     """A run-folder file cannot be created or read; the message names the file and the reason."""
 
 
@@ -77,7 +78,7 @@ def resolve_resume_path(resume: str) -> str:
     """Accept a run folder (holding train_state.pt) or the state file itself."""
     path = train_state_path(resume) if os.path.isdir(resume) else resume
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"resume: no training state at {path}")
+        raise MissingInputError(f"resume: no training state at {path}")
     return path
 
 
@@ -99,7 +100,7 @@ def write_config(run_dir: str, config_dict: Dict[str, Any]) -> None:
 def read_config(run_dir: str) -> Dict[str, Any]:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: a run folder holds all_config.yaml beside its step_N files")
+        raise MissingInputError(f"{path} not found: a run folder holds all_config.yaml beside its step_N files")
     try:
         with open(path) as f:
             values = yaml.safe_load(f)
@@ -162,15 +163,15 @@ def read_weights(path: str) -> Dict[str, torch.Tensor]:
     `train_state.pt`, on the CPU and without the compile prefix. A missing, truncated or foreign file is a
     one-line error."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise MissingInputError(f"checkpoint {path} not found")
     if is_train_state_file(path):
         return strip_compiled_prefix(read_train_state(path).model)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or not a torch file: zip, pickle and EOF errors vary with the damage
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
     return strip_compiled_prefix(loaded)
 
 
