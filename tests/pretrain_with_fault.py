@@ -42,8 +42,8 @@ def sigint_after_step(step: int) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())  # the repository root, as for `python pretrain.py`
     fault, number, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     {"kill-mid-state-write": kill_mid_state_write, "sigint-after-step": sigint_after_step}[fault](number)
     sys.argv = ["pretrain.py", *overrides]
-    sys.path.insert(0, os.getcwd())
     runpy.run_path("pretrain.py", run_name="__main__")
