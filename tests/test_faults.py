@@ -131,13 +131,10 @@ def relative_run(tmp_path_factory):
     """A finished run whose data_path is relative to the folder training ran in: <root>/data/tiny."""
     root = tmp_path_factory.mktemp("relative")
     write_tiny_dataset(str(root / "data" / "tiny"))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        os.environ["WANDB_MODE"] = "disabled"
+    with pytest.MonkeyPatch.context() as patch:  # the working directory and environment come back after
+        patch.chdir(root)
+        patch.setenv("WANDB_MODE", "disabled")
         run_training(make_config("data/tiny", "checkpoint_path=checkpoints/project/run", "epochs=2"), CPU)
-    finally:
-        os.chdir(cwd)
     return root, root / "checkpoints" / "project" / "run"
 
 
@@ -162,7 +159,7 @@ def copy_run(run_dir, tmp_path):
     ("other_architecture", "model.inner.H_init has shape (64,) in the checkpoint and (32,) in the model"),
     ("missing", "not found"),
 ])
-def test_bad_checkpoints_are_one_line(relative_run, tmp_path, capsys, case, message):
+def test_bad_checkpoints_are_one_line(relative_run, tmp_path, capsys, case, message, monkeypatch):
     root, run_dir = relative_run
     run = copy_run(run_dir, tmp_path)
     checkpoint = run / "step_12"
@@ -178,35 +175,27 @@ def test_bad_checkpoints_are_one_line(relative_run, tmp_path, capsys, case, mess
     else:
         checkpoint = run / "step_99"
     before = snapshot(run)
-    os.chdir(root)
-    try:
-        code, out, err = run_evaluate(capsys, "--checkpoint", str(checkpoint))
-    finally:
-        os.chdir(REPO_ROOT)
+    monkeypatch.chdir(root)
+    code, out, err = run_evaluate(capsys, "--checkpoint", str(checkpoint))
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert snapshot(run) == before
 
 
-def test_train_state_is_a_checkpoint_and_a_run_evaluates_from_another_folder(relative_run, tmp_path, capsys):
+def test_train_state_is_a_checkpoint_and_a_run_evaluates_from_another_folder(relative_run, tmp_path, capsys,
+                                                                            monkeypatch):
     root, run_dir = relative_run
-    os.chdir(tmp_path)  # not where training ran: data/tiny is found from the run folder's parents
-    try:
-        code, out, err = run_evaluate(capsys, "--checkpoint", str(run_dir / "train_state.pt"))
-        code_step, out_step, _ = run_evaluate(capsys, "--checkpoint", str(run_dir / "step_12"))
-    finally:
-        os.chdir(REPO_ROOT)
+    monkeypatch.chdir(tmp_path)  # not where training ran: data/tiny is found from the run folder's parents
+    code, out, err = run_evaluate(capsys, "--checkpoint", str(run_dir / "train_state.pt"))
+    code_step, out_step, _ = run_evaluate(capsys, "--checkpoint", str(run_dir / "step_12"))
     assert code == 0 and code_step == 0, err
     assert json.loads(out) == json.loads(out_step)
 
 
-def test_a_run_whose_data_is_gone_names_the_paths_tried(relative_run, tmp_path, capsys):
+def test_a_run_whose_data_is_gone_names_the_paths_tried(relative_run, tmp_path, capsys, monkeypatch):
     _, run_dir = relative_run
     run = copy_run(run_dir, tmp_path / "elsewhere")
-    os.chdir(tmp_path)
-    try:
-        code, _, err = run_evaluate(capsys, "--checkpoint", str(run / "step_12"))
-    finally:
-        os.chdir(REPO_ROOT)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_evaluate(capsys, "--checkpoint", str(run / "step_12"))
     assert code == 2 and len(err) == 1
     assert "the run's data_path 'data/tiny' was not found (tried " in err[0] and "pass --data-path DIR" in err[0]
 
@@ -223,7 +212,7 @@ def test_bad_arguments_are_one_line(relative_run, capsys, argv, message):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-def test_a_dataset_of_another_task_is_one_line(relative_run, tmp_path, capsys):
+def test_a_dataset_of_another_task_is_one_line(relative_run, tmp_path, capsys, monkeypatch):
     root, run_dir = relative_run
     other = tmp_path / "other"
     with atomic_output_dir(str(other)) as out:
@@ -235,11 +224,8 @@ def test_a_dataset_of_another_task_is_one_line(relative_run, tmp_path, capsys):
         for split in ("train", "test"):
             save_split(out, split, metadata, {"all": arrays})
         save_identifiers(out, ["<blank>", "a", "b", "c"])
-    os.chdir(root)
-    try:
-        code, _, err = run_evaluate(capsys, "--checkpoint", str(run_dir / "step_12"), "--data-path", str(other))
-    finally:
-        os.chdir(REPO_ROOT)
+    monkeypatch.chdir(root)
+    code, _, err = run_evaluate(capsys, "--checkpoint", str(run_dir / "step_12"), "--data-path", str(other))
     assert code == 2 and len(err) == 1 and "seq_len is 20, but the model was trained on 12" in err[0], err
 
 
