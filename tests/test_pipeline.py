@@ -15,7 +15,8 @@ from training.distributed import DistributedContext
 from training.loop import run_training
 
 from conftest import REPO_ROOT
-from tiny_runs import ENV, TINY_OVERRIDES, make_config, read_metrics, run_pretrain, torchrun, train_losses
+from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_in_process, read_metrics, run_pretrain, torchrun,
+                       train_losses)
 
 
 @pytest.mark.slow
@@ -136,17 +137,18 @@ def test_resume_after_a_crash_gives_the_same_losses(tiny_dataset, tmp_path, monk
         assert abs(loss - uninterrupted[step]) < 1e-6, step
 
 
-def test_a_moved_routing_key_names_its_new_place(tiny_dataset):
-    result = run_pretrain([f"data_path={tiny_dataset}", "arch=hrm_poh", "+arch.routing.controller_lr=3e-4"])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_a_moved_routing_key_names_its_new_place(tiny_dataset, capsys):
+    status, lines = pretrain_in_process([f"data_path={tiny_dataset}", "arch=hrm_poh", "+arch.routing.controller_lr=3e-4"],
+                                        capsys)
+    assert status == 2
+    assert lines == [
         "error: invalid config: arch.routing.controller_lr is a training setting now: use routing.controller_lr"]
 
 
-def test_unknown_key_is_a_one_line_error(tiny_dataset):
-    result = run_pretrain([f"data_path={tiny_dataset}", "+learning_rate=3"])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: invalid config: config.learning_rate: unknown key"]
+def test_unknown_key_is_a_one_line_error(tiny_dataset, capsys):
+    status, lines = pretrain_in_process([f"data_path={tiny_dataset}", "+learning_rate=3"], capsys)
+    assert status == 2
+    assert lines == ["error: invalid config: config.learning_rate: unknown key"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -155,28 +157,25 @@ def test_unknown_key_is_a_one_line_error(tiny_dataset):
                    "sudoku-full"),
     ("lr=[1,", "error: cannot parse the override 'lr=[1,': no viable alternative at input '[1,'"),
 ])
-def test_hydra_mistakes_are_one_line(override, message):
-    result = run_pretrain([override])
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+def test_hydra_mistakes_are_one_line(override, message, capsys):
+    status, lines = pretrain_in_process([override], capsys)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith(message), lines
 
 
-def test_ill_typed_key_is_a_one_line_error(tiny_dataset):
-    result = run_pretrain([f"data_path={tiny_dataset}", "arch.hidden_size=wide"])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+def test_ill_typed_key_is_a_one_line_error(tiny_dataset, capsys):
+    status, lines = pretrain_in_process([f"data_path={tiny_dataset}", "arch.hidden_size=wide"], capsys)
+    assert status == 2
     assert len(lines) == 1 and lines[0].startswith("error: invalid config: ")
     assert "arch.hidden_size: Input should be a valid integer" in lines[0]
 
 
-def test_missing_dataset_names_the_builder_command(tmp_path):
-    result = run_pretrain([f"data_path={tmp_path / 'absent'}", "data=maze"])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+def test_missing_dataset_names_the_builder_command(tmp_path, capsys):
+    status, lines = pretrain_in_process([f"data_path={tmp_path / 'absent'}", "data=maze"], capsys)
+    assert status == 2
     assert len(lines) == 1 and "holds no dataset" in lines[0]
     # data=maze sets its own data_path; the command shown is the maze builder's.
-    result = run_pretrain(["data=maze", "data_path=/nonexistent/maze"])
-    assert "python dataset/build_maze_dataset.py" in result.stderr
+    _, lines = pretrain_in_process(["data=maze", "data_path=/nonexistent/maze"], capsys)
+    assert "python dataset/build_maze_dataset.py" in "\n".join(lines)
 
 
 @pytest.mark.parametrize("controller", ["classical", "hrm", "hrm_act"])

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 from omegaconf import OmegaConf
 
+from command_line import exit_status
 from conftest import REPO_ROOT
 from dataset.common import atomic_output_dir
 from dataset.format import PuzzleDatasetMetadata, save_identifiers, save_split
@@ -44,6 +45,14 @@ def write_tiny_dataset(path):
 def run_pretrain(args, launcher=(sys.executable,), **kwargs):
     return subprocess.run([*launcher, "pretrain.py", *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
                           timeout=600, **kwargs)
+
+
+def pretrain_in_process(args, capsys):
+    """pretrain.py's exit status and stderr lines for `args`, run in this process (no interpreter start-up),
+    through the same `exit_status` as its command line."""
+    import pretrain
+    status = exit_status(lambda: pretrain.main(list(args)))
+    return status, capsys.readouterr().err.strip().splitlines()
 
 
 def pretrain_with_fault(fault, number, args):
