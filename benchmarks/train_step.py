@@ -115,7 +115,7 @@ def measure(args, ctx, fast: bool, shapes, batches):
         result = train_step(state, batches[step % len(batches)], config, ctx, global_batch)
     synchronize(ctx)
     elapsed = time.perf_counter() - start
-    figures = dict(path="fast" if fast and fast_path.uses_fast_path(config, ctx.device) else "plain",
+    figures = dict(path="fast" if isinstance(state.model, fast_path.GraphReplayedModel) else "plain",
                    steps_per_second=round(args.steps / elapsed, 3), warmup_seconds=round(warmup_seconds, 1),
                    peak_memory_gib=peak_memory_gib(ctx),
                    final_lm_loss=float(result.metrics.losses["lm_loss"]) / global_batch)

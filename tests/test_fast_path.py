@@ -42,15 +42,19 @@ def batches(count, device, generator_seed=0):
 def test_cpu_always_takes_the_plain_path():
     model = build_model(parse_arch(dict(ARCH, forward_dtype="float32")), **SIZES)
     cpu = torch.device("cpu")
-    assert not uses_fast_path(config(), cpu)
+    assert not uses_fast_path(config(), cpu, model)
     assert prepare_model(model, config(), cpu) is model
 
 
-def test_fast_path_needs_compile_and_its_key():
+def test_fast_path_needs_compile_its_key_and_no_routing():
     cuda = torch.device("cuda")
-    assert uses_fast_path(config(), cuda)
-    assert not uses_fast_path(config(fast_path=False), cuda)
-    assert not uses_fast_path(config(compile=False), cuda)
+    model = build_model(parse_arch(dict(ARCH, forward_dtype="float32")), **SIZES)
+    routed = build_model(parse_arch(dict(ARCH, forward_dtype="float32", routing=dict(controller="classical"))),
+                         **SIZES)
+    assert uses_fast_path(config(), cuda, model)
+    assert not uses_fast_path(config(fast_path=False), cuda, model)
+    assert not uses_fast_path(config(compile=False), cuda, model)
+    assert not uses_fast_path(config(), cuda, routed)
 
 
 def test_graph_replayed_model_hands_back_a_copy_of_the_carry():

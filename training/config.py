@@ -42,8 +42,9 @@ class PretrainConfig(pydantic.BaseModel):
     routing: RoutingScheduleConfig = pydantic.Field(default_factory=RoutingScheduleConfig,
                                                     description="training of the routing controllers (arch.routing)")
     compile: bool = pydantic.Field(True, description="torch.compile the model on CUDA (DISABLE_COMPILE=1 also turns it off)")
-    fast_path: bool = pydantic.Field(True, description="on CUDA with compile on: replay the compiled steps as CUDA "
-                                                       "graphs (training/fast_path.py); false runs the plain path")
+    fast_path: bool = pydantic.Field(True, description="on CUDA with compile on, without routing: replay the "
+                                                       "compiled steps as CUDA graphs (training/fast_path.py); "
+                                                       "false runs the plain path")
     log_interval: int = pydantic.Field(10, gt=0, description="steps between logged (host-synchronised) metrics")
     checkpoint_interval: Optional[int] = pydantic.Field(None, gt=0, description="steps between full training-state saves, besides each evaluation")
     resume: Optional[str] = pydantic.Field(None, description="run folder or training-state file to continue from "

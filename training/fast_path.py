@@ -27,16 +27,17 @@ def compile_enabled(config, device: torch.device) -> bool:
     return config.compile and device.type == "cuda" and not os.environ.get("DISABLE_COMPILE")
 
 
-def uses_fast_path(config, device: torch.device) -> bool:
-    """The fast path runs on CUDA with compilation on, unless `fast_path=false`."""
-    return config.fast_path and compile_enabled(config, device)
+def uses_fast_path(config, device: torch.device, model: nn.Module) -> bool:
+    """The fast path runs on CUDA with compilation on, unless `fast_path=false`. Models with routing
+    controllers take the plain compiled path: their graph replay has not been checked against it yet."""
+    return config.fast_path and compile_enabled(config, device) and not model.routers()
 
 
 def prepare_model(model: nn.Module, config, device: torch.device) -> nn.Module:
     """What training and evaluation call: the model itself, compiled, or compiled for graph replay."""
     if not compile_enabled(config, device):
         return model
-    if not uses_fast_path(config, device):
+    if not uses_fast_path(config, device, model):
         return torch.compile(model, dynamic=False)
     return GraphReplayedModel(torch.compile(model, dynamic=False, options=FAST_PATH_OPTIONS))
 
