@@ -59,8 +59,9 @@ from command_line import OneLineArgumentParser, run_cli
 from dataset.atomic_file import write_text
 from dataset.common import DatasetBuildError, atomic_output_dir, dihedral_transform
 from dataset.format import (ARC_COLOUR_OFFSET, ARC_END_TOKEN, ARC_GRID_SIZE, ARC_PAD_TOKEN, ARC_SEQ_LEN,
-                            ARC_VOCAB_SIZE, TEST_PUZZLES_FILE, PuzzleDatasetMetadata, save_identifiers, save_split,
-                            split_file)
+                            ARC_VOCAB_SIZE, TEST_PUZZLES_FILE, PuzzleDatasetMetadata, arc_grid_fault, save_identifiers,
+                            save_split, split_file)
+from dataset.text_file import read_json
 
 NUM_DIHEDRAL = 8
 AUGMENT_TRIES_PER_VERSION = 5
@@ -137,17 +138,10 @@ class AugmentedPuzzle:
 # Reading puzzles
 
 def parse_grid(grid, where: str) -> np.ndarray:
-    try:
-        array = np.array(grid)
-    except ValueError:
-        raise DatasetBuildError(f"{where}: grid rows have different lengths") from None
-    if array.ndim != 2 or array.dtype.kind not in "iu":
-        raise DatasetBuildError(f"{where}: grid must be a 2-D list of integers")
-    if not (1 <= array.shape[0] <= ARC_GRID_SIZE and 1 <= array.shape[1] <= ARC_GRID_SIZE):
-        raise DatasetBuildError(f"{where}: grid is {array.shape[0]}x{array.shape[1]}, sides must be 1..{ARC_GRID_SIZE}")
-    if array.min() < 0 or array.max() > 9:
-        raise DatasetBuildError(f"{where}: grid values must be colours 0..9, got {array.min()}..{array.max()}")
-    return array.astype(np.uint8)
+    fault = arc_grid_fault(grid)
+    if fault:
+        raise DatasetBuildError(f"{where}: {fault}")
+    return np.array(grid, dtype=np.uint8)
 
 
 def parse_puzzle(data, default_name: str, where: str, test_outputs: Optional[list] = None) -> SourcePuzzle:
@@ -157,6 +151,8 @@ def parse_puzzle(data, default_name: str, where: str, test_outputs: Optional[lis
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise DatasetBuildError(f"{where}: \"name\" must be a non-empty string")
+    if not data["train"] and not data["test"]:
+        raise DatasetBuildError(f"{where}: the puzzle has no pairs (its \"train\" and \"test\" lists are empty)")
     if test_outputs is not None and len(test_outputs) != len(data["test"]):
         raise DatasetBuildError(f"{where}: {len(test_outputs)} solutions for {len(data['test'])} test inputs")
 
@@ -182,16 +178,6 @@ def parse_puzzle(data, default_name: str, where: str, test_outputs: Optional[lis
     return SourcePuzzle(name, where, demos, tests)
 
 
-def read_json(path: str):
-    if not os.path.isfile(path):
-        raise DatasetBuildError(f"{path}: file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetBuildError(f"{path}: not valid JSON ({e})") from None
-
-
 def load_puzzle_folders(dataset_dir: str) -> List[Tuple[str, List[SourcePuzzle]]]:
     """Subfolders of `dataset_dir` in name order, each with its `<id>.json` puzzles in file-name order."""
     if not os.path.isdir(dataset_dir):
@@ -202,7 +188,7 @@ def load_puzzle_folders(dataset_dir: str) -> List[Tuple[str, List[SourcePuzzle]]
         puzzles = []
         for path in sorted(glob.glob(os.path.join(dataset_dir, subfolder, "*.json"))):
             stem = os.path.splitext(os.path.basename(path))[0]
-            puzzles.append(parse_puzzle(read_json(path), stem, path))
+            puzzles.append(parse_puzzle(read_json(path, DatasetBuildError), stem, path))
         loaded.append((subfolder, puzzles))
     return loaded
 
@@ -213,12 +199,12 @@ def load_challenge_files(prefix: str, subsets: List[str]) -> List[Tuple[str, Lis
     for subset in subsets:
         challenges_path = f"{prefix}_{subset}_challenges.json"
         solutions_path = f"{prefix}_{subset}_solutions.json"
-        challenges = read_json(challenges_path)
+        challenges = read_json(challenges_path, DatasetBuildError)
         if not isinstance(challenges, dict):
             raise DatasetBuildError(f"{challenges_path}: must map puzzle ids to puzzles")
         solutions = None
         if os.path.exists(solutions_path):
-            solutions = read_json(solutions_path)
+            solutions = read_json(solutions_path, DatasetBuildError)
             if not isinstance(solutions, dict):
                 raise DatasetBuildError(f"{solutions_path}: must map puzzle ids to lists of test outputs")
         else:

@@ -15,6 +15,7 @@ import numpy as np
 
 from command_line import UserError
 from dataset.format import metadata_file
+from dataset.text_file import csv_rows
 
 # Dihedral transform ids: identity, rot90, rot180, rot270, flip left-right, flip up-down, transpose,
 # anti-transpose. DIHEDRAL_INVERSE[t] undoes transform t.
@@ -58,29 +59,26 @@ def read_puzzle_csv(path: str, row_length: Optional[int] = None) -> List[dict]:
     Returns one dict per row with `source`, `question`, `answer` and integer `rating`. A missing file,
     wrong header, wrong row length or unparsable rating raises DatasetBuildError naming file and row.
     """
-    if not os.path.isfile(path):
-        raise DatasetBuildError(f"{path}: file not found")
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != PUZZLE_CSV_HEADER:
-            raise DatasetBuildError(f"{path}: header must be {','.join(PUZZLE_CSV_HEADER)}, got {header}")
-        for row_number, row in enumerate(reader, start=2):
-            if len(row) != 4:
-                raise DatasetBuildError(f"{path}, row {row_number}: expected 4 columns, got {len(row)}")
-            source, question, answer, rating = row
-            for name, text in (("question", question), ("answer", answer)):
-                if row_length is not None and len(text) != row_length:
-                    raise DatasetBuildError(
-                        f"{path}, row {row_number}: {name} has {len(text)} characters, expected {row_length}")
-            if len(question) != len(answer):
-                raise DatasetBuildError(f"{path}, row {row_number}: question and answer differ in length")
-            try:
-                rating_value = int(rating)
-            except ValueError:
-                raise DatasetBuildError(f"{path}, row {row_number}: rating {rating!r} is not an integer") from None
-            rows.append(dict(source=source, question=question, answer=answer, rating=rating_value))
+    lines = csv_rows(path, DatasetBuildError)
+    header = next(lines, None)
+    if header is None or tuple(h.strip() for h in header) != PUZZLE_CSV_HEADER:
+        raise DatasetBuildError(f"{path}: header must be {','.join(PUZZLE_CSV_HEADER)}, got {header}")
+    for row_number, row in enumerate(lines, start=2):
+        if len(row) != 4:
+            raise DatasetBuildError(f"{path}, row {row_number}: expected 4 columns, got {len(row)}")
+        source, question, answer, rating = row
+        for name, text in (("question", question), ("answer", answer)):
+            if row_length is not None and len(text) != row_length:
+                raise DatasetBuildError(
+                    f"{path}, row {row_number}: {name} has {len(text)} characters, expected {row_length}")
+        if len(question) != len(answer):
+            raise DatasetBuildError(f"{path}, row {row_number}: question and answer differ in length")
+        try:
+            rating_value = int(rating)
+        except ValueError:
+            raise DatasetBuildError(f"{path}, row {row_number}: rating {rating!r} is not an integer") from None
+        rows.append(dict(source=source, question=question, answer=answer, rating=rating_value))
     return rows
 
 

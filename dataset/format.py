@@ -16,6 +16,7 @@ import numpy as np
 import pydantic
 
 from command_line import UserError
+from dataset.text_file import read_json
 
 # --- token layouts ----------------------------------------------------------------------------------------
 
@@ -63,6 +64,22 @@ SAMPLED_ROWS = 4096
 
 class DatasetFormatError(UserError, ValueError):
     """A dataset folder that is missing or not in the puzzle dataset format; the message names the path."""
+
+
+def arc_grid_fault(grid) -> Optional[str]:
+    """Why `grid` (nested lists, as ARC's JSON files hold them) is not an ARC grid of colours 0..9 with sides
+    1..ARC_GRID_SIZE, or None when it is one."""
+    try:
+        array = np.array(grid)
+    except ValueError:  # rows of different lengths
+        return "grid rows have different lengths"
+    if array.ndim != 2 or array.dtype.kind not in "iu":
+        return "grid must be a 2-D list of integers"
+    if not (1 <= array.shape[0] <= ARC_GRID_SIZE and 1 <= array.shape[1] <= ARC_GRID_SIZE):
+        return f"grid is {array.shape[0]}x{array.shape[1]}, sides must be 1..{ARC_GRID_SIZE}"
+    if array.min() < 0 or array.max() >= ARC_NUM_COLOURS:
+        return f"grid values must be colours 0..{ARC_NUM_COLOURS - 1}, got {array.min()}..{array.max()}"
+    return None
 
 
 class PuzzleDatasetMetadata(pydantic.BaseModel):
@@ -140,32 +157,21 @@ def read_metadata(dataset_dir: str, split: str) -> PuzzleDatasetMetadata:
         raise DatasetFormatError(f"{split_dir}: split folder not found")
     if not os.path.isfile(path):
         raise DatasetFormatError(f"{path}: file not found")
+    values = read_json(path, DatasetFormatError)
+    if not isinstance(values, dict):
+        raise DatasetFormatError(f"{path}: malformed metadata, expected a JSON object, got {type(values).__name__}")
     try:
-        with open(path) as f:
-            return PuzzleDatasetMetadata(**json.load(f))
+        return PuzzleDatasetMetadata(**values)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "top level"
         raise DatasetFormatError(f"{path}: malformed metadata, {field}: {first['msg']}") from None
-    except (ValueError, TypeError) as e:  # invalid JSON, or JSON that is not an object
-        message = str(e).splitlines()[0]
-        raise DatasetFormatError(f"{path}: malformed metadata, {message}") from None
-
-
-def read_json_file(path: str):
-    if not os.path.isfile(path):
-        raise DatasetFormatError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetFormatError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_identifiers(dataset_dir: str) -> List[str]:
     """`identifiers.json`: identifier id -> name (`<blank>` for the blank id)."""
     path = os.path.join(dataset_dir, IDENTIFIERS_FILE)
-    names = read_json_file(path)
+    names = read_json(path, DatasetFormatError)
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise DatasetFormatError(f"{path}: must be a list of identifier names")
     return names
@@ -175,7 +181,7 @@ def read_test_puzzles(dataset_dir: str) -> Dict[str, dict]:
     """`test_puzzles.json` of an ARC dataset: puzzle name -> {"train": [pairs], "test": [pairs]}, each pair
     {"input": grid, "output": grid} (a test output may be missing where it is unknown)."""
     path = os.path.join(dataset_dir, TEST_PUZZLES_FILE)
-    puzzles = read_json_file(path)
+    puzzles = read_json(path, DatasetFormatError)
     if not isinstance(puzzles, dict):
         raise DatasetFormatError(f"{path}: must map puzzle names to puzzles")
     for name, puzzle in puzzles.items():
@@ -184,6 +190,12 @@ def read_test_puzzles(dataset_dir: str) -> Dict[str, dict]:
                 and all(isinstance(pair, dict) and "input" in pair for pair in puzzle["train"] + puzzle["test"])):
             raise DatasetFormatError(f"{path}: puzzle {name} needs \"train\" and \"test\" lists of pairs with an "
                                      f"\"input\"")
+        for kind in ("train", "test"):
+            for index, pair in enumerate(puzzle[kind]):
+                for side in ("input", "output"):
+                    fault = arc_grid_fault(pair[side]) if side in pair else None
+                    if fault:
+                        raise DatasetFormatError(f"{path}: puzzle {name}, {kind} pair {index} {side}: {fault}")
     return puzzles
 
 

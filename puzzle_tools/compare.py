@@ -28,7 +28,6 @@ one `error:` line and exit status 2, as is a missing file or column, or a value 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import importlib.util
 import json
@@ -40,6 +39,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
+from dataset.text_file import csv_rows
 from training.run_folder import atomic_path
 
 BOOTSTRAP_RESAMPLES = 9999
@@ -98,24 +98,26 @@ def parse_filters(flag: str, items: Sequence[str]) -> List[Tuple[str, str]]:
 
 def read_arm(path: str, metric: str, filters: Sequence[Tuple[str, str]]) -> np.ndarray:
     """The metric of every row of `path` that passes the filters."""
-    if not os.path.isfile(path):
-        raise CompareError(f"{path}: file not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for key in [metric] + [key for key, _ in filters]:
-            if key not in columns:
-                raise CompareError(f"{path}: no column {key!r} (columns: {', '.join(columns) or 'none'})")
-        values = []
-        for line, row in enumerate(reader, start=2):
-            if all(row[key] == value for key, value in filters):
-                try:
-                    value = float(row[metric])
-                except ValueError:
-                    value = math.nan
-                if not math.isfinite(value):
-                    raise CompareError(f"{path}, row {line}: {metric} is {row[metric]!r}, not a finite number")
-                values.append(value)
+    rows = csv_rows(path, CompareError)
+    columns = next(rows, [])
+    for key in [metric] + [key for key, _ in filters]:
+        if key not in columns:
+            raise CompareError(f"{path}: no column {key!r} (columns: {', '.join(columns) or 'none'})")
+    values = []
+    for line, fields in enumerate(rows, start=2):
+        if not fields:
+            continue  # a blank line
+        if len(fields) != len(columns):
+            raise CompareError(f"{path}, row {line}: {len(fields)} fields, but the header has {len(columns)}")
+        row = dict(zip(columns, fields))
+        if all(row[key] == value for key, value in filters):
+            try:
+                value = float(row[metric])
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise CompareError(f"{path}, row {line}: {metric} is {row[metric]!r}, not a finite number")
+            values.append(value)
     return np.array(values, dtype=np.float64)
 
 

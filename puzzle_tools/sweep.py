@@ -50,6 +50,7 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -62,7 +63,6 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
 from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
@@ -70,7 +70,9 @@ from dataset.format import read_metadata
 from models.hrm import LEVELS
 from models.routing import RoutingDiagnostics
 from training.metrics import TRAIN_PREFIX, routing_metric_name
-from training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolderError, read_metrics, write_text
+from dataset.text_file import FileReadError, csv_rows, read_json
+from training.run_folder import (METRICS_FILE, FileWriteError, RunFolderError, append_text, read_config, read_metrics,
+                                 write_text)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(REPO_ROOT, "pretrain.py")
@@ -245,19 +247,32 @@ class ResultsCsv:
             self._read_existing()
 
     def _read_existing(self) -> None:
-        with open(self.path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            expected = self.leading + ["..."] + list(TRAILING_COLUMNS)
-            if header[:len(self.leading)] != self.leading or header[-len(TRAILING_COLUMNS):] != list(TRAILING_COLUMNS):
-                raise SweepError(f"{self.path}: its columns ({','.join(header)}) differ from this sweep's "
-                                 f"({','.join(expected)}); use another --csv")
-            for line, row in enumerate(reader, start=2):
-                if row["fixed_overrides"] != self.fixed_overrides:
-                    raise SweepError(f"{self.path}, row {line}: written with the overrides {row['fixed_overrides']!r}, "
-                                     f"this sweep has {self.fixed_overrides!r}; use another --csv")
-                self.done.add((row["config_id"], row["seed"]))
+        rows = csv_rows(self.path, SweepError)
+        header = next(rows, [])
+        expected = self.leading + ["..."] + list(TRAILING_COLUMNS)
+        if header[:len(self.leading)] != self.leading or header[-len(TRAILING_COLUMNS):] != list(TRAILING_COLUMNS):
+            raise SweepError(f"{self.path}: its columns ({','.join(header)}) differ from this sweep's "
+                             f"({','.join(expected)}); use another --csv")
+        for line, fields in enumerate(rows, start=2):
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise SweepError(f"{self.path}, row {line}: {len(fields)} fields, but the header has {len(header)}; "
+                                 f"mend or remove the row")
+            row = dict(zip(header, fields))
+            if row["fixed_overrides"] != self.fixed_overrides:
+                raise SweepError(f"{self.path}, row {line}: written with the overrides {row['fixed_overrides']!r}, "
+                                 f"this sweep has {self.fixed_overrides!r}; use another --csv")
+            self.done.add((row["config_id"], row["seed"]))
         self.header = header
+
+    def check_writable(self) -> None:
+        """Fail before the first run, not after it, when the file cannot be written (a missing or read-only
+        folder, a path under a file)."""
+        existed = os.path.exists(self.path)
+        append_text(self.path, "")
+        if not existed:
+            os.remove(self.path)
 
     def has(self, spec: RunSpec) -> bool:
         return (spec.config_id, str(spec.seed)) in self.done
@@ -270,24 +285,24 @@ class ResultsCsv:
             missing = sorted(set(needed) - set(self.header)) or sorted(set(self.header) - set(needed))
             raise SweepError(f"{self.path}: its columns differ from what run {row['run_dir']} needs "
                              f"(first difference: {missing[0]}); use another --csv")
-        new_file = self.header is None
-        self.header = self.header or needed
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.header)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        header = self.header or needed
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        if self.header is None:
+            writer.writeheader()
+        writer.writerow(row)
+        append_text(self.path, text.getvalue(), sync=True)  # the row whole or not at all
+        self.header = header
         self.done.add((row["config_id"], str(row["seed"])))
 
 
 def read_marker(run_dir: str) -> Optional[dict]:
+    """The run folder's marker, or None where it has none or an unreadable one (it is then not this sweep's)."""
     try:
-        with open(os.path.join(run_dir, MARKER_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        marker = read_json(os.path.join(run_dir, MARKER_FILE))
+    except FileReadError:
         return None
+    return marker if isinstance(marker, dict) else None
 
 
 def write_marker(run_dir: str, marker: dict) -> None:
@@ -335,10 +350,9 @@ def median_of(rows: Sequence[dict], key: str) -> Optional[float]:
 def config_tokens_per_step(run_dir: str) -> Optional[int]:
     """global_batch_size x seq_len from the run's all_config.yaml and its dataset's metadata, if readable."""
     try:
-        with open(os.path.join(run_dir, CONFIG_FILE)) as f:
-            config = yaml.safe_load(f)
+        config = read_config(run_dir)
         return int(config["global_batch_size"]) * read_metadata(config["data_path"], "train").seq_len
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # DatasetFormatError is a ValueError
+    except (UserError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -395,7 +409,12 @@ Launcher = Callable[[RunSpec, Optional[str]], RunOutcome]
 
 
 def run_one(spec: RunSpec, gpu: Optional[str], csv_path: str, launch: Launcher) -> RunOutcome:
-    """Clear an unfinished earlier attempt, mark the folder as this sweep's, launch, record the outcome."""
+    """Clear an unfinished earlier attempt, mark the folder as this sweep's, launch, record the outcome. A run
+    that finished but whose row was not written (a full disk) is not trained again: its row is taken from
+    its folder."""
+    earlier = read_marker(spec.run_dir)
+    if earlier is not None and earlier.get("status") == "finished":
+        return RunOutcome(0, earlier["wall_time_s"], earlier["stderr_tail"])
     if os.path.exists(spec.run_dir):
         shutil.rmtree(spec.run_dir)  # check_run_folders made sure it is this sweep's own unfinished attempt
     os.makedirs(spec.run_dir)
@@ -407,6 +426,24 @@ def run_one(spec: RunSpec, gpu: Optional[str], csv_path: str, launch: Launcher) 
                                     returncode=outcome.returncode, wall_time_s=outcome.wall_time_s,
                                     stderr_tail=outcome.stderr_tail))
     return outcome
+
+
+def record_run(spec: RunSpec, outcome: RunOutcome, results: ResultsCsv, fixed_overrides: str) -> None:
+    """Append the row of a run that exited normally. One whose folder gives no row is marked failed, so that
+    a rerun trains it again; a row that cannot be written stops the sweep, and a rerun takes it from the
+    folder without training again."""
+    if outcome.returncode != 0:
+        raise RunFailure(f"exit status {outcome.returncode}: {outcome.stderr_tail}")
+    try:
+        row = summarize_run(spec, outcome.wall_time_s, fixed_overrides)
+    except RunFailure as e:
+        write_marker(spec.run_dir, dict(read_marker(spec.run_dir) or {}, status="failed", failure=str(e)))
+        raise
+    try:
+        results.append(row)
+    except FileWriteError as e:
+        raise SweepError(f"{e}; the run in {spec.run_dir} finished: rerun the same command to record its row "
+                         f"(the run is not trained again)") from None
 
 
 def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: str, gpus: Sequence[Optional[str]],
@@ -431,10 +468,7 @@ def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: st
             for future in concurrent.futures.as_completed(futures):
                 spec = futures[future]
                 try:
-                    outcome = future.result()
-                    if outcome.returncode != 0:
-                        raise RunFailure(f"exit status {outcome.returncode}: {outcome.stderr_tail}")
-                    results.append(summarize_run(spec, outcome.wall_time_s, fixed_overrides))
+                    record_run(spec, future.result(), results, fixed_overrides)
                 except (RunFailure, OSError) as e:  # OSError: the run folder or its logs could not be written
                     failures.append((spec, str(e)))
                     tqdm.write(f"failed: {spec.config_id} seed {spec.seed} ({e}); logs in {spec.run_dir}",
@@ -469,6 +503,8 @@ def plan_and_run(args: argparse.Namespace) -> int:
             print(" ".join(command_of(spec)))
         return 0
     check_run_folders(pending, args.csv)
+    if pending:
+        results.check_writable()
     print(f"sweep: {len(specs)} runs ({len(specs) // len(args.seeds)} grid points x {len(args.seeds)} seeds), "
           f"{skipped} already in {args.csv}, {len(pending)} to run now", flush=True)
     failures = run_sweep(pending, results, fixed_overrides, gpus, launch_run)

@@ -337,7 +337,7 @@ def test_missing_folders_and_files(tmp_path):
 
 
 @pytest.mark.parametrize("contents,detail", [
-    ("{not json", "malformed metadata"),
+    ("{not json", "not valid JSON"),
     ("[1, 2]", "malformed metadata"),
     (None, "seq_len"),  # a field missing
 ])

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 import tqdm
 
-from training.run_folder import METRICS_FILE
+from training.run_folder import METRICS_FILE, append_text
 
 
 def _wandb_credentials_present() -> bool:
@@ -40,7 +40,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str, project: str, run_name: str, config: Dict[str, Any], total_steps: int,
                  initial_step: int = 0, tokens_per_step: int = 0):
         os.makedirs(run_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(run_dir, METRICS_FILE), "a")
+        self.jsonl_path = os.path.join(run_dir, METRICS_FILE)
         self.wandb_run = None
         mode = wandb_mode()
         if mode != "disabled":
@@ -67,8 +67,7 @@ class MetricsLogger:
             self.progress.set_postfix(loss=f"{metrics['train/lm_loss']:.4f}",
                                       steps_per_s=f"{metrics['train/steps_per_second']:.2f}")
         self.progress.update(step - self.progress.n)
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        append_text(self.jsonl_path, json.dumps({"step": step, **metrics}) + "\n")  # a whole row or none
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -78,7 +77,6 @@ class MetricsLogger:
             self.progress.total = self.progress.n
             self.progress.refresh()
         self.progress.close()
-        self.jsonl.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
 

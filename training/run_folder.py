@@ -17,11 +17,12 @@ import torch
 import yaml
 
 from command_line import MissingInputError, UserError
-from dataset.atomic_file import FileWriteError, atomic_path, write_text
+from dataset.atomic_file import FileWriteError, append_text, atomic_path, write_text
+from dataset.text_file import read_text, read_yaml
 from models.checkpoint import CheckpointError, strip_compiled_prefix
 from training.train_state import TrainProgress
 
-__all__ = ["FileWriteError", "atomic_path", "write_text"]  # the atomic writer, for training and the tools
+__all__ = ["FileWriteError", "append_text", "atomic_path", "write_text"]  # the atomic writers, for training and the tools
 
 CONFIG_FILE = "all_config.yaml"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -101,11 +102,7 @@ def read_config(run_dir: str) -> Dict[str, Any]:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise MissingInputError(f"{path} not found: a run folder holds all_config.yaml beside its step_N files")
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise RunFolderError(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
+    values = read_yaml(path, RunFolderError)
     if not isinstance(values, dict):
         raise RunFolderError(f"{path} does not hold a config (got {type(values).__name__})")
     return values
@@ -124,8 +121,7 @@ def read_metrics(path: str) -> List[dict]:
     Rows are appended whole, newline last, so a crash can tear only an unterminated last line: that one is
     skipped. Any other line that is not a JSON object is a RunFolderError naming the line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
+    lines = read_text(path, RunFolderError).splitlines(keepends=True)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
