@@ -10,6 +10,7 @@ For ARC datasets (those with `test_puzzles.json`) the predictions voting needs a
 `--save-predictions` turns it on for any task); `--arc-vote` then scores them with puzzle_tools/arc_vote.py.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -22,10 +23,12 @@ from dataset.format import metadata_file, read_metadata
 from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
 from training import run_folder
+from training.run_folder import FileWriteError
 from training.build import create_loader, create_model
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
-from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate
+from training.ema import WeightEMA
+from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate_with_outputs
 from training.fast_path import prepare_model
 
 DEFAULT_VOTE_KS = (1, 2, 10, 100, 1000)
@@ -128,25 +131,42 @@ def main(argv=None) -> int:
         if args.no_compile:
             values["compile"] = False
         config = load_config(values)
-        state_dict = run_folder.read_weights(args.checkpoint)
+        checkpoint = run_folder.read_evaluated_weights(args.checkpoint)
         loader, metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
         if args.data_path:
             check_same_task(run_data_path, args.data_path)
         model = create_model(config, metadata, ctx)
-        load_model_weights(model, state_dict)
+        load_model_weights(model, checkpoint.weights)
+        average = None
+        if checkpoint.weight_average is not None:
+            # The training state of an ema=true run: evaluate the average, as its evaluations and step_N did.
+            average = WeightEMA(model, config.ema_rate)
+            average.load_state_dict(checkpoint.weight_average)
+            if ctx.is_main:
+                print(f"evaluating the weight average (ema) of {args.checkpoint}, as step_N files hold it",
+                      file=sys.stderr)
         save_outputs = outputs_to_save(args, config.data_path)
-        prefix = run_folder.predictions_prefix_of(args.checkpoint)
-        metrics = evaluate(prepare_model(model, config, ctx.device), loader, metadata, ctx, save_outputs,
-                           outputs_path=prefix)
+        prefix = checkpoint.predictions_prefix
+        with average.applied() if average is not None else contextlib.nullcontext():
+            evaluation = evaluate_with_outputs(prepare_model(model, config, ctx.device), loader, metadata, ctx,
+                                               save_outputs)
+        metrics = evaluation.metrics
+        if ctx.is_main and not args.arc_vote:
+            print(json.dumps(metrics, indent=2), flush=True)  # before the predictions: a full disk keeps them
+        try:
+            if save_outputs:
+                run_folder.write_predictions(prefix, ctx.rank, evaluation.outputs)
+        except FileWriteError:
+            if ctx.is_main and args.arc_vote:
+                print(json.dumps(metrics, indent=2), flush=True)  # the figures, without the vote that needed the files
+            raise
         if save_outputs and ctx.is_main:
             print(f"saved {', '.join(save_outputs)} to {prefix}.<rank> ({ctx.world_size} file(s))", file=sys.stderr)
         if args.arc_vote and ctx.world_size > 1:
             dist.barrier()  # every rank's predictions are written
-        if ctx.is_main:
-            if args.arc_vote:
-                from puzzle_tools.arc_vote import vote
-                metrics = dict(metrics, arc_vote=vote(config.data_path, prefix, args.vote_k))
-            print(json.dumps(metrics, indent=2))
+        if ctx.is_main and args.arc_vote:
+            from puzzle_tools.arc_vote import vote
+            print(json.dumps(dict(metrics, arc_vote=vote(config.data_path, prefix, args.vote_k)), indent=2))
 
     try:
         return exit_status(run)

@@ -1,6 +1,7 @@
 """Evaluation: every test example for `halt_max_steps` ACT steps, per-set metrics, saved outputs, routing log."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -36,6 +37,12 @@ def routing_log_lines(routing: RoutingOutput, act_step: int, topk: Optional[int]
     return lines
 
 
+@dataclass
+class Evaluation:
+    metrics: Optional[Dict[str, Dict[str, float]]]  # per set, divided by the counted sequences; None off rank 0
+    outputs: Dict[str, torch.Tensor]  # this rank's `save_outputs` of the examples it saw, padding rows left out
+
+
 def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: DistributedContext,
              save_outputs: Sequence[str] = (), outputs_path: Optional[str] = None,
              routing_log_path: Optional[str] = None) -> Optional[Dict[str, Dict[str, float]]]:
@@ -46,6 +53,15 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
     short batch left out). With routing on, rank 0 writes
     `routing_log_path` (JSON lines): the first batch's routing of up to 10 samples at every ACT step.
     """
+    evaluation = evaluate_with_outputs(model, loader, metadata, ctx, save_outputs, routing_log_path)
+    if evaluation.outputs and outputs_path is not None:
+        run_folder.write_predictions(outputs_path, ctx.rank, evaluation.outputs)
+    return evaluation.metrics
+
+
+def evaluate_with_outputs(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: DistributedContext,
+                          save_outputs: Sequence[str] = (), routing_log_path: Optional[str] = None) -> Evaluation:
+    """evaluate(), returning the outputs instead of writing them (evaluate.py shows the metrics first)."""
     metrics = EvalMetrics(metadata.sets, ctx.device)
     saved: Dict[str, List[torch.Tensor]] = {}
     routers = model.routers()
@@ -81,6 +97,4 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
                     saved.setdefault(k, []).append(values[k][:real_rows].cpu())
             metrics.add(set_name, result.metrics)
 
-    if saved and outputs_path is not None:
-        run_folder.write_predictions(outputs_path, ctx.rank, {k: torch.cat(v) for k, v in saved.items()})
-    return metrics.reduce(ctx)
+    return Evaluation(metrics.reduce(ctx), {k: torch.cat(v) for k, v in saved.items()})

@@ -46,14 +46,6 @@ def predictions_prefix(run_dir: str, step: int) -> str:
     return os.path.join(run_dir, f"step_{step}_all_preds")
 
 
-def predictions_prefix_of(checkpoint: str) -> str:
-    """Where evaluating `checkpoint` saves its outputs: `<run>/step_N_all_preds` for a weights file `step_N`
-    or for the run's train_state.pt (its step)."""
-    if is_train_state_file(checkpoint):
-        return predictions_prefix(os.path.dirname(checkpoint), read_train_state(checkpoint).progress.step)
-    return f"{checkpoint}_all_preds"
-
-
 def write_predictions(prefix: str, rank: int, outputs: Dict[str, torch.Tensor]) -> str:
     """Write one process's saved evaluation outputs (name -> rows) to `<prefix>.<rank>`."""
     path = f"{prefix}.{rank}"
@@ -169,6 +161,27 @@ def read_weights(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
     return strip_compiled_prefix(loaded)
+
+
+@dataclass
+class EvaluatedWeights:
+    """What evaluating a checkpoint (a `step_N` file or a run's `train_state.pt`) loads, and where its
+    outputs go."""
+    weights: Dict[str, torch.Tensor]  # the model's state dict, without the compile prefix
+    # The weight average of an ema=true run's train_state.pt (training.ema.WeightEMA's state): what that
+    # run evaluated and wrote to step_N. None for step_N files, which already hold it.
+    weight_average: Optional[Dict[str, Any]]
+    predictions_prefix: str  # `<run>/step_N_all_preds`, N the weights' step
+
+
+def read_evaluated_weights(path: str) -> EvaluatedWeights:
+    if not is_train_state_file(path):
+        return EvaluatedWeights(read_weights(path), None, f"{path}_all_preds")
+    if not os.path.isfile(path):
+        raise MissingInputError(f"checkpoint {path} not found")
+    saved = read_train_state(path)
+    return EvaluatedWeights(strip_compiled_prefix(saved.model), saved.ema,
+                            predictions_prefix(os.path.dirname(path), saved.progress.step))
 
 
 # ---------------------------------------------------------------------------------------------------------
