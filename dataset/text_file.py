@@ -66,16 +66,23 @@ def read_yaml(path: str, error: ErrorType = FileReadError) -> Any:
         raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
+def _text_lines(lines: Iterator[str], path: str, error: ErrorType) -> Iterator[str]:
+    for line in lines:
+        if "\x00" in line:  # the csv module reads NUL bytes as text
+            raise error(f"{path}: holds NUL bytes, so it is not a CSV text file")
+        yield line
+
+
 def csv_rows(path: str, error: ErrorType = FileReadError) -> Iterator[List[str]]:
     """The fields of each row of a CSV file, header included, read as it is consumed (source CSVs
     hold millions of rows); a row that cannot be decoded or parsed raises `error` naming the file."""
     _check_file(path, error)
     try:
         with open(path, newline="", encoding=UTF8) as f:
-            yield from csv.reader(f)
+            yield from csv.reader(_text_lines(f, path, error))
     except UnicodeDecodeError:
         raise _not_utf8(path, error) from None
-    except csv.Error as e:  # NUL bytes (a binary file), an unterminated quote
+    except csv.Error as e:  # a field past the csv module's size limit (binary data), say
         raise error(f"{path}: not a CSV file ({e})") from None
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None

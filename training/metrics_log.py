@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 import tqdm
 
-from training.run_folder import METRICS_FILE, append_text
+from training.run_folder import METRICS_FILE, FileWriteError, append_text
 
 
 def _wandb_credentials_present() -> bool:
@@ -67,7 +67,11 @@ class MetricsLogger:
             self.progress.set_postfix(loss=f"{metrics['train/lm_loss']:.4f}",
                                       steps_per_s=f"{metrics['train/steps_per_second']:.2f}")
         self.progress.update(step - self.progress.n)
-        append_text(self.jsonl_path, json.dumps({"step": step, **metrics}) + "\n")  # a whole row or none
+        try:
+            append_text(self.jsonl_path, json.dumps({"step": step, **metrics}) + "\n")  # a whole row or none
+        except FileWriteError:
+            self.progress.close()  # ends the bar's line, so the error is a line of its own
+            raise
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
