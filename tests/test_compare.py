@@ -144,3 +144,36 @@ def test_plot_writes_a_png_atomically(arms, tmp_path, capsys):
     image = matplotlib.image.imread(str(tmp_path / "ab.png"))
     assert image.shape[:2] == (480, 960)  # 8 x 4 inches at 120 dpi
     assert sorted(os.listdir(tmp_path)) == ["ab.png", "b.csv", "t.csv"]  # no temporary file left
+
+
+def test_a_row_missing_the_metric_is_one_line_naming_the_row(tmp_path, capsys):
+    b = arm_csv(tmp_path / "b.csv", [1, 2, 3])
+    short = tmp_path / "short.csv"
+    short.write_text(f"config_id,seed,{METRIC}\na,0,0.5\na,1\na,2,0.7\n")  # row 3 was cut off before its metric
+    assert compare.main([b, str(short), "--metric", METRIC]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {short}, row 3: 2 fields, but the header has 3"]
+
+
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_a_plot_that_cannot_be_written_is_one_line_after_the_statistics(arms, tmp_path, capsys, monkeypatch, target):
+    import matplotlib.figure
+
+    plot = tmp_path / "ab.png"
+    if target == "folder":
+        plot.mkdir()  # an existing folder in the plot's place (root ignores read-only permissions)
+    else:
+        plot.write_bytes(b"previous plot")
+
+        def no_space(figure, path, **kwargs):
+            with open(path, "wb") as f:
+                f.write(b"half a png")
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", no_space)
+    assert compare.main([*arms, "--metric", METRIC, "--plot", str(plot), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n_baseline"] == 4  # the statistics are printed before the plot is drawn
+    reason = "Is a directory" if target == "folder" else "No space left on device"
+    assert captured.err.strip().splitlines() == [f"error: cannot write {plot}: {reason}"]
+    assert plot.is_dir() if target == "folder" else plot.read_bytes() == b"previous plot"
+    assert sorted(os.listdir(tmp_path)) == ["ab.png", "b.csv", "t.csv"]

@@ -193,7 +193,10 @@ def test_a_failed_run_is_reported_and_recorded_not_appended_then_retried(tmp_pat
 
 
 def test_a_run_without_an_evaluation_is_a_failure(tmp_path, monkeypatch, capsys):
+    launches = []
+
     def no_eval(spec, gpu):
+        launches.append(spec.run_dir)
         with open(os.path.join(spec.run_dir, "metrics.jsonl"), "w") as f:
             f.write(json.dumps({"step": 1, "train/lm_loss": 1.0}) + "\n")
         return sweep.RunOutcome(0, 1.0, "")
@@ -203,6 +206,10 @@ def test_a_run_without_an_evaluation_is_a_failure(tmp_path, monkeypatch, capsys)
     assert f"failed: controller-none seed 0 ({metrics} holds no evaluation row); logs in {metrics.parent}" in \
         capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+    assert run_main(monkeypatch, no_eval, tmp_path, "--max-runs", "1") == 1
+    assert len(launches) == 2  # marked failed, so trained again rather than taken as finished
+    with open(metrics.parent / sweep.MARKER_FILE) as f:
+        assert json.load(f)["status"] == "failed"
 
 
 def test_an_incompatible_csv_or_a_foreign_run_folder_stops_before_any_run(tmp_path, monkeypatch, capsys):
@@ -331,3 +338,42 @@ def test_a_tiny_cpu_sweep_cut_off_and_resumed_has_every_row_once(tiny_dataset, t
     again = run()
     assert again.returncode == 0 and "0 to run now" in again.stdout
     assert len(read_csv(csv_path)[1]) == 4
+
+
+def test_a_csv_that_cannot_be_written_stops_the_sweep_before_the_first_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a_file").write_text("kept")
+    stub = StubRuns(tmp_path)
+    monkeypatch.setattr(sweep, "launch_run", stub)
+    csv_path = tmp_path / "a_file" / "r.csv"  # a path under a file: root ignores read-only permissions
+    assert sweep.main(["--csv", str(csv_path), "--runs-dir", str(tmp_path / "runs"), *GRID, "--seeds", "0",
+                       "--", "data=x"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: cannot write {csv_path}: Not a directory"]
+    assert stub.launched == [] and not (tmp_path / "runs").exists()
+    assert (tmp_path / "a_file").read_text() == "kept"
+
+
+def test_a_row_that_cannot_be_written_is_recorded_on_rerun_without_training_again(tmp_path, monkeypatch, capsys):
+    stub = StubRuns(tmp_path)
+    assert run_main(monkeypatch, stub, tmp_path, "--max-runs", "1") == 0
+    written = (tmp_path / "r.csv").read_bytes()
+    real_append = sweep.append_text
+
+    def disk_full_for_rows(path, text, sync=False):
+        if text:  # the writability check appends nothing and still passes
+            raise sweep.FileWriteError(f"cannot write {path}: No space left on device")
+        real_append(path, text, sync)
+    monkeypatch.setattr(sweep, "append_text", disk_full_for_rows)
+    assert run_main(monkeypatch, stub, tmp_path, "--max-runs", "1") == 2
+    run_dir = tmp_path / "runs" / "controller-hrm_seed0"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: cannot write {tmp_path / 'r.csv'}: No space left on device; the run in {run_dir} finished: rerun "
+        f"the same command to record its row (the run is not trained again)")
+    assert (tmp_path / "r.csv").read_bytes() == written and len(stub.launched) == 2
+
+    monkeypatch.setattr(sweep, "append_text", real_append)
+    assert run_main(monkeypatch, stub, tmp_path, "--max-runs", "1") == 0
+    assert len(stub.launched) == 2  # the finished run was neither deleted nor trained again
+    assert (run_dir / "metrics.jsonl").exists()
+    _, rows = read_csv(tmp_path / "r.csv")
+    assert [(r["config_id"], r["seed"], r["train_time_s"]) for r in rows] == [
+        ("controller-none", "0", "3.25"), ("controller-hrm", "0", "3.25")]
