@@ -21,6 +21,7 @@ from training.distributed import DistributedContext
 from training.loop import run_training
 
 from conftest import REPO_ROOT
+from full_disk import filling_the_disk
 from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_with_fault, read_metrics, run_pretrain, train_losses,
                        write_tiny_dataset)
 
@@ -227,6 +228,28 @@ def test_a_dataset_of_another_task_is_one_line(relative_run, tmp_path, capsys, m
     monkeypatch.chdir(root)
     code, _, err = run_evaluate(capsys, "--checkpoint", str(run_dir / "step_12"), "--data-path", str(other))
     assert code == 2 and len(err) == 1 and "seq_len is 20, but the model was trained on 12" in err[0], err
+
+
+@pytest.mark.parametrize("fault", ["folder_in_the_way", "full_disk"])
+def test_predictions_that_cannot_be_written_keep_the_metrics_and_the_previous_file(relative_run, tmp_path, capsys,
+                                                                                   monkeypatch, fault):
+    root, run_dir = relative_run
+    run, step = copy_run(run_dir, tmp_path), 12
+    monkeypatch.chdir(root)
+    predictions = run / f"step_{step}_all_preds.0"
+    if fault == "folder_in_the_way":
+        predictions.mkdir()  # root ignores read-only permissions: a folder in the file's place stands for them
+        reason = "Is a directory"
+    else:
+        predictions.write_bytes(b"previous predictions")
+        monkeypatch.setattr(torch, "save", filling_the_disk(torch.save, path_argument=1))
+        reason = "unexpected pos"  # torch.save's RuntimeError on a failed write
+    code, out, err = run_evaluate(capsys, "--checkpoint", str(run / f"step_{step}"), "--save-predictions")
+    assert code == 2
+    assert set(json.loads(out)) == {"all"}  # printed before the predictions were written
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write {predictions}: ") and reason in err[0], err
+    assert predictions.is_dir() if fault == "folder_in_the_way" else predictions.read_bytes() == b"previous predictions"
+    assert not [name for name in os.listdir(run) if name.endswith(".tmp")]
 
 
 # ---------------------------------------------------------------------------------------------------------
