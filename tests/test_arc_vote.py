@@ -3,6 +3,7 @@ prediction files of known votes in our format and the reference's; also the ARC 
 and the prediction file reader it relies on."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -216,6 +217,32 @@ def test_identifier_beyond_the_dataset(arc_dataset, tmp_path, capsys):
     code, err = run_main(capsys, "--dataset", arc_dataset, "--predictions", prefix)
     assert code == 2 and err == [f"error: {prefix}: puzzle identifier 999 is not in {arc_dataset}/identifiers.json "
                                  f"(25 identifiers); predictions of another dataset?"]
+
+
+@pytest.mark.parametrize("tool", ["arc_vote", "visualize"])
+@pytest.mark.parametrize("kind, index, side, bad_grid, fault", [
+    ("test", 0, "input", [[1, 2], [3]], "grid rows have different lengths"),
+    ("test", 0, "output", "12\n34", "grid must be a 2-D list of integers"),
+    ("train", 1, "output", [[1, 2, 3], [4, 5]], "grid rows have different lengths"),
+    ("test", 0, "output", [[1, 12]], "grid values must be colours 0..9, got 1..12"),
+])
+def test_malformed_grids_in_test_puzzles_are_one_line(arc_dataset, our_predictions, tmp_path, capsys, tool, kind,
+                                                      index, side, bad_grid, fault):
+    from puzzle_tools import visualize
+
+    dataset = tmp_path / "arc"
+    shutil.copytree(arc_dataset, dataset)
+    with open(dataset / "test_puzzles.json") as f:
+        puzzles = json.load(f)
+    puzzles["b2"][kind][index][side] = bad_grid
+    (dataset / "test_puzzles.json").write_text(json.dumps(puzzles))
+    argv = ["--dataset", str(dataset), "--predictions", our_predictions]
+    code = (arc_vote.main(argv) if tool == "arc_vote" else
+            visualize.main([*argv, "--out", str(tmp_path / "page.html")]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {dataset / 'test_puzzles.json'}: puzzle b2, {kind} pair {index} {side}: "
+                                 f"{fault}"]
+    assert not (tmp_path / "page.html").exists()
 
 
 # --- the canvas crop and version names -----------------------------------------------------------------

@@ -780,6 +780,12 @@ def test_bad_grid_errors(tmp_path, bad_grid, message):
     assert_clean_error(result, output_dir, f"{puzzle_id}.json", "test example 0 output", message)
 
 
+def test_a_puzzle_with_no_pairs_is_one_error():
+    with pytest.raises(arc.DatasetBuildError, match=r"p.json: the puzzle has no pairs \(its \"train\" and \"test\" "
+                                                r"lists are empty\)"):
+        arc.parse_puzzle({"train": [], "test": []}, "p", "p.json")
+
+
 def test_missing_inputs_errors(tmp_path):
     output_dir = str(tmp_path / "out")
     result = run_builder_cli("--dataset-dirs", str(tmp_path / "nowhere"), "--output-dir", output_dir)

@@ -264,6 +264,27 @@ def test_malformed_rows_are_one_line_errors(tmp_path, capsys, rows, fragments):
     assert_nothing_written(tmp_path, out)
 
 
+@pytest.mark.parametrize("encoding, fragment", [
+    ("utf-16", "holds UTF-16 text; save it as UTF-8"),
+    ("latin-1", "holds bytes that are not UTF-8; save it as UTF-8"),
+    ("utf-8-sig", None),  # a spreadsheet's UTF-8 with a byte-order mark builds as plain UTF-8
+])
+def test_csv_bytes_in_other_encodings(tmp_path, capsys, encoding, fragment):
+    src = write_csvs(tmp_path / "src", train_rows=[("caf\xe9", *TRAIN_ROWS[0][1:]), *TRAIN_ROWS[1:]])
+    train = os.path.join(src, "train.csv")
+    with open(train, encoding="utf-8", newline="") as f:
+        text = f.read()
+    with open(train, "w", encoding=encoding, newline="") as f:
+        f.write(text)
+    out = str(tmp_path / "out")
+    if fragment is None:
+        builder.main(["--source-csv", src, "--output-dir", out])
+        assert os.path.isdir(out)
+        return
+    expect_error(capsys, ["--source-csv", src, "--output-dir", out], f"{train}: {fragment}")
+    assert_nothing_written(tmp_path, out)
+
+
 def test_missing_source_folder_and_split_file(tmp_path, capsys):
     out = str(tmp_path / "out")
     expect_error(capsys, ["--source-csv", str(tmp_path / "nowhere"), "--output-dir", out], "--source-csv", "nowhere")
