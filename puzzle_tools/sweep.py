@@ -41,7 +41,8 @@ CSV columns, read from the run folder's metrics.jsonl and all_config.yaml:
 A (config id, seed) pair already in the CSV is skipped. A failed run is reported with the last line of its
 stderr, recorded in its run folder's sweep_run.json (with sweep_stdout.log and sweep_stderr.log beside it)
 and not appended; the exit status is then 1. A run folder left by an earlier, unfinished attempt of the same
-sweep is cleared and run again. Bad flags, a CSV whose columns or fixed overrides differ from this sweep's,
+sweep is cleared and run again; one that finished but whose row could not be written (a full disk) is not:
+its row is taken from the folder. The CSV is checked to be writable before the first run. Bad flags, a CSV whose columns or fixed overrides differ from this sweep's,
 or a run folder this sweep did not start are one `error:` line and exit status 2.
 """
 from __future__ import annotations
