@@ -46,10 +46,7 @@ class TRMArchConfig(pydantic.BaseModel):
     def _consistent_sizes(self) -> "TRMArchConfig":
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        # The release accepts these and then fails on a shape mismatch in its first forward.
-        if self.puzzle_emb_ndim == 0 and self.puzzle_emb_len > 0:
-            raise ValueError(f"puzzle_emb_len ({self.puzzle_emb_len}) positions need a puzzle embedding: set "
-                             f"puzzle_emb_ndim > 0, or puzzle_emb_len to 0")
+        # The release accepts this and then fails on a shape mismatch in its first forward.
         if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden_size > 0:
             raise ValueError(f"puzzle_emb_ndim ({self.puzzle_emb_ndim}) does not fit in puzzle_emb_len "
                              f"({self.puzzle_emb_len}) positions of hidden_size ({self.hidden_size})")
@@ -58,11 +55,15 @@ class TRMArchConfig(pydantic.BaseModel):
 
 class TRMConfig(TRMArchConfig, DatasetSizes):
     """The architecture with the sizes its dataset and batch give it; `puzzle_emb_len` 0 is resolved to the
-    positions the puzzle embedding needs."""
+    positions the puzzle embedding needs.
+
+    Without a puzzle embedding there are no puzzle positions, whatever `puzzle_emb_len` says (the release
+    fails on the shape mismatch instead), so that a task with one puzzle identifier runs with the defaults.
+    """
 
     @pydantic.model_validator(mode="after")
     def _resolve_puzzle_emb_len(self) -> "TRMConfig":
-        if self.puzzle_emb_len == 0:
+        if self.puzzle_emb_len == 0 or self.puzzle_emb_ndim == 0:
             self.puzzle_emb_len = -(-self.puzzle_emb_ndim // self.hidden_size)
         return self
 

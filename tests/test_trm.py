@@ -302,7 +302,6 @@ def test_training_interface():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(puzzle_emb_ndim=0), "arch: puzzle_emb_len (3) positions need a puzzle embedding"),
     (dict(puzzle_emb_ndim=200), "arch: puzzle_emb_ndim (200) does not fit in puzzle_emb_len (3) positions"),
     (dict(pos_encodings="alibi"), "arch.pos_encodings"),
     (dict(mlp_t="sometimes"), "arch.mlp_t"),
@@ -314,12 +313,14 @@ def test_bad_trm_configs_name_the_field(overrides, message):
         parse_arch(dict(TRM_ARCH, **overrides))
 
 
-def test_no_puzzle_embedding_with_puzzle_emb_len_zero_runs():
+@pytest.mark.parametrize("puzzle_emb_len", [0, 16])
+def test_without_a_puzzle_embedding_there_are_no_puzzle_positions(puzzle_emb_len):
     torch.manual_seed(0)
-    model = build_model(parse_arch(dict(TRM_ARCH, puzzle_emb_ndim=0, puzzle_emb_len=0)), batch_size=BATCH,
-                        seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=IDS)
+    model = build_model(parse_arch(dict(TRM_ARCH, puzzle_emb_ndim=0, puzzle_emb_len=puzzle_emb_len)),
+                        batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=IDS)
     batch = tiny_batch(1)
     result = model(carry=model.initial_carry(batch), batch=batch, return_keys=["logits"])
+    assert model.model.inner.puzzle_emb_len == 0 and result.carry.inner_carry.z_H.shape == (BATCH, SEQ, 32)
     assert result.outputs["logits"].shape == (BATCH, SEQ, VOCAB) and "model.inner.puzzle_emb.weights" not in model.state_dict()
 
 
