@@ -1,17 +1,18 @@
-"""HRM models: a run config's `arch` block as a typed ArchConfig, and `build_model`, which turns it into the
-loss-head-wrapped model."""
+"""The architectures: a run config's `arch` block as a typed ArchConfig (one class per architecture, picked
+by its `name`), and `build_model`, which turns it into the loss-head-wrapped model."""
 from __future__ import annotations
 
-from typing import Any, Dict, Literal
+from dataclasses import dataclass
+from typing import Any, Dict, Literal, Type, Union
 
 import pydantic
+from torch import nn
 
-from models.config_validation import validate_config
+from models.config_validation import ConfigError, validate_config
 from models.hrm import HierarchicalReasoningModelACT, HRMArchConfig, HRMConfig
 from models.losses import LOSS_FUNCTIONS, ACTLossHead
+from models.trm import TinyRecursiveReasoningModelACT, TRMArchConfig, TRMConfig
 
-# Architecture and loss-head names as they appear in reference configs.
-ARCHITECTURES = {"hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1": HierarchicalReasoningModelACT}
 LOSS_HEADS = {"losses@ACTLossHead": ACTLossHead}
 
 
@@ -22,23 +23,55 @@ class LossConfig(pydantic.BaseModel):
     loss_type: Literal[tuple(LOSS_FUNCTIONS)]
 
 
-class ArchConfig(HRMArchConfig):
-    """The `arch` block of a run config (ours or the reference's): the architecture's name, its loss head
-    and its keys."""
+HRM_NAME = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"
+TRM_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
 
-    name: Literal[tuple(ARCHITECTURES)]
+
+class HRMArch(HRMArchConfig):
+    """The `arch` block of an HRM run config (ours or the reference's)."""
+
+    name: Literal[HRM_NAME]
     loss: LossConfig
 
 
+class TRMArch(TRMArchConfig):
+    """The `arch` block of a TRM run config (ours or the release's)."""
+
+    name: Literal[TRM_NAME]
+    loss: LossConfig
+
+
+ArchConfig = Union[HRMArch, TRMArch]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    arch_config: Type[pydantic.BaseModel]  # the `arch` block
+    model_config: Type[pydantic.BaseModel]  # the architecture with its dataset's sizes
+    model: Type[nn.Module]  # the ACT model
+
+
+# Architecture names as they appear in reference configs.
+ARCHITECTURES = {
+    HRM_NAME: Architecture(HRMArch, HRMConfig, HierarchicalReasoningModelACT),
+    TRM_NAME: Architecture(TRMArch, TRMConfig, TinyRecursiveReasoningModelACT),
+}
+
+
 def parse_arch(values: Dict[str, Any]) -> ArchConfig:
-    """Validate an `arch` block; an unknown, missing or ill-typed key is a ConfigError naming it."""
-    return validate_config(ArchConfig, values, prefix="arch")
+    """Validate an `arch` block by its `name`; an unknown, missing or ill-typed key is a ConfigError naming it."""
+    name = values.get("name")
+    if name not in ARCHITECTURES:
+        problem = "missing" if name is None else f"unknown architecture {name!r}"
+        raise ConfigError(f"invalid config: arch.name: {problem}; choose from {', '.join(ARCHITECTURES)}")
+    return validate_config(ARCHITECTURES[name].arch_config, values, prefix="arch")
 
 
 def build_model(arch: ArchConfig, *, batch_size: int, seq_len: int, vocab_size: int,
                 num_puzzle_identifiers: int) -> ACTLossHead:
     """Build the loss-head-wrapped model; dataset-derived sizes come from the keyword arguments."""
-    config = validate_config(HRMConfig, dict(arch.model_dump(exclude={"name", "loss"}), batch_size=batch_size,
-                                             seq_len=seq_len, vocab_size=vocab_size,
-                                             num_puzzle_identifiers=num_puzzle_identifiers), prefix="arch")
-    return LOSS_HEADS[arch.loss.name](ARCHITECTURES[arch.name](config), loss_type=arch.loss.loss_type)
+    architecture = ARCHITECTURES[arch.name]
+    config = validate_config(architecture.model_config,
+                             dict(arch.model_dump(exclude={"name", "loss"}), batch_size=batch_size, seq_len=seq_len,
+                                  vocab_size=vocab_size, num_puzzle_identifiers=num_puzzle_identifiers), prefix="arch")
+    return LOSS_HEADS[arch.loss.name](architecture.model(config), loss_type=arch.loss.loss_type)

@@ -55,8 +55,8 @@ class HRMArchConfig(pydantic.BaseModel):
         return self
 
 
-class HRMConfig(HRMArchConfig):
-    """The architecture with the sizes its dataset and batch give it."""
+class DatasetSizes(pydantic.BaseModel):
+    """The sizes an architecture gets from its dataset and batch, and its forward dtype."""
 
     batch_size: int = pydantic.Field(gt=0, description="sequences per rank")
     seq_len: int = pydantic.Field(gt=0)
@@ -64,13 +64,22 @@ class HRMConfig(HRMArchConfig):
     vocab_size: int = pydantic.Field(gt=0)
 
     @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.forward_dtype)
+
+
+class HRMConfig(HRMArchConfig, DatasetSizes):
+    """The architecture with the sizes its dataset and batch give it."""
+
+    @property
     def puzzle_emb_len(self) -> int:
         """Positions the puzzle embedding takes in front of the tokens."""
         return math.ceil(self.puzzle_emb_ndim / self.hidden_size)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return getattr(torch, self.forward_dtype)
+
+def initial_state(config: HRMConfig) -> nn.Buffer:
+    """A level's starting state: one fixed (untrained) truncated-normal vector shared by every position."""
+    return nn.Buffer(trunc_normal_init_(torch.empty(config.hidden_size, dtype=config.dtype), std=1), persistent=True)
 
 
 class Block(nn.Module):
@@ -172,18 +181,21 @@ class HierarchicalReasoningModel(nn.Module):
         num_positions = config.seq_len + self.puzzle_emb_len
         if config.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(config.hidden_size // config.num_heads, num_positions, config.rope_theta)
-        else:
+        elif config.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(num_positions, config.hidden_size, embed_init_std, dtype)
-
-        self.H_level = ReasoningModule(config, config.H_layers, self.attention_backend)
-        self.L_level = ReasoningModule(config, config.L_layers, self.attention_backend)
-        self.H_init = nn.Buffer(trunc_normal_init_(torch.empty(config.hidden_size, dtype=dtype), std=1), persistent=True)
-        self.L_init = nn.Buffer(trunc_normal_init_(torch.empty(config.hidden_size, dtype=dtype), std=1), persistent=True)
+        self.build_levels(config)
 
         # Q head starts near "never halt" (sigmoid(-5) ~ 0.007) so early training runs the full steps.
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5)
+
+    def build_levels(self, config: HRMConfig) -> None:
+        """The reasoning levels and their initial states (a variant of the recurrence builds its own)."""
+        self.H_level = ReasoningModule(config, config.H_layers, self.attention_backend)
+        self.L_level = ReasoningModule(config, config.L_layers, self.attention_backend)
+        self.H_init = initial_state(config)
+        self.L_init = initial_state(config)
 
     def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
         embedding = self.embed_tokens(inputs.to(torch.int32))
@@ -266,10 +278,12 @@ class HierarchicalReasoningModel(nn.Module):
 class HierarchicalReasoningModelACT(nn.Module):
     """ACT wrapper: restarts halted sequences, runs one step, decides halting with the Q head."""
 
+    inner_class = HierarchicalReasoningModel  # the one-step model a variant of the recurrence replaces
+
     def __init__(self, config: HRMConfig):
         super().__init__()
         self.config = config
-        self.inner = HierarchicalReasoningModel(config)
+        self.inner = self.inner_class(config)
 
     def routers(self) -> Dict[str, Controller]:
         return self.inner.routers()
@@ -300,18 +314,32 @@ class HierarchicalReasoningModelACT(nn.Module):
 
         with torch.no_grad():
             steps = steps + 1
-            is_last_step = steps >= self.config.halt_max_steps
-            halted = is_last_step
-            if self.training and self.config.halt_max_steps > 1:
-                halted = halted | (q_halt_logits > q_continue_logits)
-                # Exploration: some sequences must run at least a random 2..halt_max_steps steps.
-                explore = torch.rand_like(q_halt_logits) < self.config.halt_exploration_prob
-                min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
-                halted = halted & (steps >= min_halt_steps)
+            halted = self.halted(steps, outputs, inner_carry, current_data)
+        return ACTCarry(inner_carry, steps, halted, current_data), outputs, routing
 
+    def halt_signal(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sequences the Q head would stop (in training)."""
+        return outputs["q_halt_logits"] > outputs["q_continue_logits"]
+
+    def learns_q_continue(self) -> bool:
+        """Whether training bootstraps a target for the continue logit (`target_q_continue`)."""
+        return True
+
+    def halted(self, steps: torch.Tensor, outputs: Dict[str, torch.Tensor], inner_carry: InnerCarry,
+               current_data: Batch) -> torch.Tensor:
+        """Which sequences stop after this step; in training, also adds `target_q_continue` to `outputs`."""
+        is_last_step = steps >= self.config.halt_max_steps
+        halted = is_last_step
+        if self.training and self.config.halt_max_steps > 1:
+            halted = halted | self.halt_signal(outputs)
+            # Exploration: some sequences must run at least a random 2..halt_max_steps steps.
+            explore = torch.rand_like(outputs["q_halt_logits"]) < self.config.halt_exploration_prob
+            min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
+            halted = halted & (steps >= min_halt_steps)
+
+            if self.learns_q_continue():
                 # Bootstrapped Q target from one more step on the new carry.
                 _, _, (next_q_halt, next_q_continue), _ = self.inner(inner_carry, current_data)
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
-
-        return ACTCarry(inner_carry, steps, halted, current_data), outputs, routing
+        return halted

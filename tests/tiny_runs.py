@@ -65,14 +65,18 @@ def torchrun(processes):
     return (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes))
 
 
+def arch_config(name):
+    """config/arch/<name>.yaml merged over the arch files its `defaults` list names, as Hydra composes it."""
+    arch = OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", f"{name}.yaml"))
+    parents = [parent for parent in arch.pop("defaults", []) if parent != "_self_"]
+    return OmegaConf.merge(*(arch_config(parent) for parent in parents), arch)
+
+
 def make_config(data_path, *overrides, arch="hrm_v1"):
     """The validated training config pretrain.py would build from these overrides (tiny model)."""
     base = OmegaConf.load(os.path.join(REPO_ROOT, "config", "cfg_pretrain.yaml"))
     base.pop("defaults")
-    base.arch = OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", f"{arch}.yaml"))
-    base.arch.pop("defaults", None)
-    if arch != "hrm_v1":
-        base.arch = OmegaConf.merge(OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", "hrm_v1.yaml")), base.arch)
+    base.arch = arch_config(arch)
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"data_path={data_path}", *TINY_OVERRIDES, *overrides]))
     return load_config(OmegaConf.to_container(merged, resolve=True))
 

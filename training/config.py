@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 import coolname
 import pydantic
 
-from models import ArchConfig
+from models import ArchConfig, parse_arch
 from models.config_validation import ConfigError, validate_config
 from training.run_folder import CONFIG_FILE, read_config, run_folder_of
 from training.evaluation import SAVABLE_OUTPUTS
@@ -101,6 +101,9 @@ def load_config(values: Dict[str, Any]) -> PretrainConfig:
     Any unknown, missing or ill-typed key raises ConfigError naming it.
     """
     check_moved_routing_keys(values)
+    # The arch block's class depends on its name, so it is validated first, by that class.
+    if isinstance(values.get("arch"), dict):
+        values = dict(values, arch=parse_arch(values["arch"]))
     config = validate_config(PretrainConfig, values, prefix="config")
     if config.resume and (config.project_name is None or config.run_name is None):
         # A resumed run keeps its names, as its folder's config records them.
