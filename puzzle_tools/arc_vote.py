@@ -201,9 +201,14 @@ def vote_predictions(dataset_dir: str, prediction_prefix: str) -> VoteResult:
     return rank_answers(split, predictions)
 
 
-def vote(dataset_dir: str, prediction_prefix: str, ks: Sequence[int] = DEFAULT_KS) -> dict:
-    """Scores of the prediction files `<prediction_prefix>.<rank>` on the dataset's test split (see score)."""
-    return score(vote_predictions(dataset_dir, prediction_prefix), ks)
+def vote(dataset_dir: str, prediction_prefix: str, ks: Sequence[int] = DEFAULT_KS,
+         submission_path: Optional[str] = None) -> dict:
+    """Scores of the prediction files `<prediction_prefix>.<rank>` on the dataset's test split (see score);
+    with `submission_path`, the ARC Prize submission is written there too."""
+    result = vote_predictions(dataset_dir, prediction_prefix)
+    if submission_path:
+        write_text(submission_path, json.dumps(submission(result)))
+    return score(result, ks)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -226,13 +231,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
 
-    def run() -> None:
-        result = vote_predictions(args.dataset, args.predictions)
-        if args.submission:
-            write_text(args.submission, json.dumps(submission(result)))
-        print(json.dumps(score(result, args.k), indent=2))
-
-    return exit_status(run)
+    return exit_status(lambda: print(json.dumps(vote(args.dataset, args.predictions, args.k, args.submission),
+                                                indent=2)))
 
 
 if __name__ == "__main__":
