@@ -85,6 +85,10 @@ def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path, routing
     assert single.returncode == 0, single.stderr[-3000:]
     double = run_pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], launcher=torchrun(2))
     assert double.returncode == 0, double.stderr[-3000:]
+    # Only rank 0 prints start-up lines, as one process does.
+    for result in (single, double):
+        backend_lines = [line for line in result.stdout.splitlines() if line.startswith("attention backend: ")]
+        assert len(backend_lines) == 1, result.stdout
 
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     losses_one, losses_two = train_losses(one), train_losses(two)
