@@ -7,7 +7,8 @@ accepted as the checkpoint.
 
 For ARC datasets (those with `test_puzzles.json`) the predictions voting needs are saved by default as
 `step_N_all_preds.<rank>` beside the checkpoint (`--no-save-predictions` turns that off, and
-`--save-predictions` turns it on for any task); `--arc-vote` then scores them with puzzle_tools/arc_vote.py.
+`--save-predictions` turns it on for any task); `--arc-vote` then scores them with puzzle_tools/arc_vote.py
+(and `--submission FILE` writes the ARC Prize submission.json).
 """
 import argparse
 import contextlib
@@ -48,6 +49,8 @@ def parse_args(argv):
     parser.add_argument("--arc-vote", action="store_true",
                         help="after evaluating, vote over the augmented versions and print pass@K and the ARC Prize "
                              "score under the key arc_vote (needs an ARC dataset)")
+    parser.add_argument("--submission", metavar="FILE",
+                        help="with --arc-vote, also write the ARC Prize submission.json here")
     parser.add_argument("--vote-k", type=int, nargs="+", default=list(DEFAULT_VOTE_KS), metavar="K",
                         help=f"the K of pass@K with --arc-vote (default {' '.join(map(str, DEFAULT_VOTE_KS))})")
     parser.add_argument("--global-batch-size", type=int, help="override the run's global batch size (memory)")
@@ -64,6 +67,8 @@ def parse_args(argv):
         parser.error("--checkpoint PATH is required")
     if args.global_batch_size is not None and args.global_batch_size <= 0:
         parser.error(f"--global-batch-size must be positive, got {args.global_batch_size}")
+    if args.submission and not args.arc_vote:
+        parser.error("--submission needs --arc-vote")
     if any(k <= 0 for k in args.vote_k):
         parser.error("--vote-k values must be positive")
     args.save_outputs = [name for name in args.save_outputs.split(",") if name]
@@ -166,7 +171,8 @@ def main(argv=None) -> int:
             dist.barrier()  # every rank's predictions are written
         if ctx.is_main and args.arc_vote:
             from puzzle_tools.arc_vote import vote
-            print(json.dumps(dict(metrics, arc_vote=vote(config.data_path, prefix, args.vote_k)), indent=2))
+            votes = vote(config.data_path, prefix, args.vote_k, args.submission)
+            print(json.dumps(dict(metrics, arc_vote=votes), indent=2))
 
     try:
         return exit_status(run)

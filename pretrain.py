@@ -95,8 +95,9 @@ def parse_overrides(argv: List[str] = None) -> List[str]:
 
 def main(argv: List[str] = None) -> int:
     overrides = parse_overrides(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # as the reference logs
     ctx = setup_distributed()
+    # Start-up lines (the attention backend, ...) as the reference logs them, once: other ranks log warnings only.
+    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout)
     try:
         config = load_config(compose_config(overrides))
         if ctx.world_size > 1:

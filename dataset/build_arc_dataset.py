@@ -30,6 +30,10 @@ load order, a dataset built from such a copy differs from one built from downloa
 hold the same puzzles and each is reproducible. ConceptARC's `<concept>Minimal.json` warm-up puzzles are
 left out, as in those copies (16 concepts x 10 puzzles).
 
+`--puzzle-ids ID ...` builds only the named puzzles and `--limit N` only the first N of each subset (both
+may be given), e.g. a tiny real ARC set for a quick try; the chosen puzzles must include some of the test
+subset.
+
 Puzzles of the subfolder named `--test-set-name` send their test pairs to the test split and their
 demonstrations to train; every other puzzle goes to train whole (demonstrations, then test pairs).
 A subset whose solutions file is missing (only with --input-file-prefix) has unknown test outputs: its test
@@ -242,6 +246,29 @@ def check_arc_data(arc_data: str, subsets: List[str]) -> None:
             f"ARC data folder {os.path.abspath(arc_data)} {problem} (choose the folder with --arc-data DIR or "
             f"{ARC_DATA_ENV}); its {ARC_FILE_PREFIX}_<subset>_{{challenges,solutions}}.json files come from "
             f"{ARC_DATA_SOURCES}: run with --download on an online machine to fetch and convert them")
+
+
+def select_puzzles(sources: List[Tuple[str, List[SourcePuzzle]]], puzzle_ids: Optional[List[str]],
+                   limit: Optional[int], test_set_name: str) -> List[Tuple[str, List[SourcePuzzle]]]:
+    """The puzzles named in `puzzle_ids` (every one when None), then the first `limit` of each subset in load
+    order (all when None); subsets left empty are dropped. A named puzzle missing from the inputs, or a
+    choice that leaves out every puzzle of the test subset, is an error."""
+    had_test_subset = any(subset == test_set_name and puzzles for subset, puzzles in sources)
+    if puzzle_ids is not None:
+        known = {puzzle.name for _, puzzles in sources for puzzle in puzzles}
+        unknown = [puzzle_id for puzzle_id in dict.fromkeys(puzzle_ids) if puzzle_id not in known]
+        if unknown:
+            raise DatasetBuildError(f"--puzzle-ids: no puzzle {', '.join(unknown)} in the inputs "
+                                    f"(subsets {', '.join(subset for subset, _ in sources)})")
+        chosen = set(puzzle_ids)
+        sources = [(subset, [puzzle for puzzle in puzzles if puzzle.name in chosen]) for subset, puzzles in sources]
+    if limit is not None:
+        sources = [(subset, puzzles[:limit]) for subset, puzzles in sources]
+    selected = [(subset, puzzles) for subset, puzzles in sources if puzzles]
+    if had_test_subset and not any(subset == test_set_name for subset, _ in selected):
+        raise DatasetBuildError(f"the chosen puzzles hold none of subset {test_set_name!r}, whose test pairs form "
+                                f"the test split; choose some of its puzzles too")
+    return selected
 
 
 def check_unique_names(sources: List[Tuple[str, List[SourcePuzzle]]]) -> None:
@@ -611,6 +638,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="numpy seed for shuffles and augmentation (default 42)")
     parser.add_argument("--num-aug", type=int, default=1000,
                         help="augmented versions per puzzle, 0 for none (default 1000)")
+    parser.add_argument("--puzzle-ids", nargs="+", metavar="ID",
+                        help="build only these puzzles (ids as the inputs name them), e.g. for a quick try")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="build only the first N puzzles of each subset (in the order read)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
 
@@ -623,6 +654,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key in ("subsets", "test_set_name", "output_dir"):
         if getattr(args, key) is None and key in preset:
             setattr(args, key, preset[key])
+    if args.limit is not None and args.limit < 1:
+        raise DatasetBuildError(f"--limit must be at least 1, got {args.limit}")
+    if (args.puzzle_ids or args.limit) and args.download and not args.subsets:
+        raise DatasetBuildError("--puzzle-ids and --limit choose what to build; with --download, give --preset or "
+                                "--subsets too")
     if args.input_file_prefix and not args.subsets:
         raise DatasetBuildError("--input-file-prefix needs --subsets")
     if args.arc_data and not (args.subsets or args.download):
@@ -650,6 +686,8 @@ def main(argv=None) -> None:
     else:
         check_arc_data(args.arc_data, args.subsets)
         sources = load_challenge_files(os.path.join(args.arc_data, ARC_FILE_PREFIX), args.subsets)
+    if args.puzzle_ids or args.limit:
+        sources = select_puzzles(sources, args.puzzle_ids, args.limit, args.test_set_name)
     build(sources, args.output_dir, args.test_set_name, args.seed, args.num_aug, args.overwrite)
 
 

@@ -22,18 +22,56 @@ class PuzzleDatasetConfig(pydantic.BaseModel):
     num_replicas: int
 
 
-def batches_per_round(dataset_path: str, split: str, global_batch_size: int, epochs_per_iter: int) -> Optional[int]:
-    """Full global batches one training pass over `split` yields, when it is fixed: when every puzzle of a
-    set has the same number of examples s (Sudoku, mazes), each batch takes ceil(batch / s) groups.
-    None when puzzle sizes vary (ARC), where the count depends on the random draws."""
-    batches = 0
-    for puzzle_set in read_split(dataset_path, split).sets.values():
-        puzzle_sizes = np.diff(puzzle_set.puzzle_indices)
-        if len(puzzle_sizes) == 0 or np.any(puzzle_sizes != puzzle_sizes[0]):
-            return None
-        groups_per_batch = -(-global_batch_size // int(puzzle_sizes[0]))
-        batches += puzzle_set.num_groups * epochs_per_iter // groups_per_batch
+# Groups of a training pass whose puzzle draws are replayed at once when counting its batches (bounds memory).
+REPLAY_CHUNK = 1 << 20
+
+
+def pass_order(seed: int, pass_number: int, num_groups: int, epochs: int) -> Tuple[np.random.Generator, np.ndarray]:
+    """A training pass's order generator and the group order it draws first (`epochs` permutations).
+    Passes are numbered from 1 over every set of every round, as the reference seeds them."""
+    order_rng = np.random.Generator(np.random.Philox(seed=seed + pass_number))
+    return order_rng, np.concatenate([order_rng.permutation(num_groups) for _ in range(epochs)])
+
+
+def full_batches_of_pass(order_rng: np.random.Generator, group_order: np.ndarray, puzzle_set: PuzzleSet,
+                         global_batch_size: int) -> int:
+    """Full global batches one training pass yields, without its example draws: the puzzle drawn for each
+    group (from `order_rng`, right after the order, as `draw_global_batch` draws it) gives the examples it
+    adds; a batch closes at the group that fills it, and that group's surplus is dropped."""
+    puzzle_sizes = np.diff(puzzle_set.puzzle_indices)
+    batches, filled = 0, 0  # full batches so far; examples in the batch being filled
+    for start in range(0, len(group_order), REPLAY_CHUNK):
+        groups = group_order[start:start + REPLAY_CHUNK]
+        puzzles = order_rng.integers(puzzle_set.group_indices[groups], puzzle_set.group_indices[groups + 1])
+        ends = filled + np.cumsum(puzzle_sizes[puzzles])  # examples since the open batch began, per group
+        batch_start = 0
+        while (closing := int(np.searchsorted(ends, batch_start + global_batch_size))) < len(ends):
+            batches, batch_start = batches + 1, int(ends[closing])
+        filled = int(ends[-1]) - batch_start
     return batches
+
+
+def train_batches(dataset_path: str, split: str, seed: int, global_batch_size: int, epochs_per_iter: int,
+                  num_rounds: int, at_most: Optional[int] = None) -> int:
+    """Full global batches the first `num_rounds` training passes over `split` yield (each round one pass
+    over every set), counted up to `at_most`. When every puzzle of a set has the same number of examples s
+    (Sudoku, mazes), each batch takes ceil(batch / s) groups; otherwise (ARC) each pass's draws are replayed."""
+    sets = read_split(dataset_path, split).sets
+    batches = 0
+    for round_index in range(num_rounds):
+        for set_index, puzzle_set in enumerate(sets.values()):
+            if at_most is not None and batches >= at_most:
+                return at_most
+            puzzle_sizes = np.diff(puzzle_set.puzzle_indices)
+            if len(puzzle_sizes) == 0:
+                continue  # an empty set yields no batch
+            if np.all(puzzle_sizes == puzzle_sizes[0]):
+                batches += puzzle_set.num_groups * epochs_per_iter // -(-global_batch_size // int(puzzle_sizes[0]))
+            else:
+                order_rng, group_order = pass_order(seed, round_index * len(sets) + set_index + 1,
+                                                    puzzle_set.num_groups, epochs_per_iter)
+                batches += full_batches_of_pass(order_rng, group_order, puzzle_set, global_batch_size)
+    return batches if at_most is None else min(batches, at_most)
 
 
 def draw_global_batch(order_rng: np.random.Generator, subset_rng: np.random.Generator, group_order: np.ndarray,
@@ -112,10 +150,8 @@ class PuzzleDataset(IterableDataset):
         rank_rows = slice(config.rank * self.local_batch_size, (config.rank + 1) * self.local_batch_size)
         for set_name, puzzle_set in self.sets.items():
             self.iters += 1
-            order_rng = np.random.Generator(np.random.Philox(seed=config.seed + self.iters))
+            order_rng, group_order = pass_order(config.seed, self.iters, puzzle_set.num_groups, config.epochs_per_iter)
             subset_rng = np.random.default_rng([config.seed, self.iters])
-            num_groups = puzzle_set.num_groups
-            group_order = np.concatenate([order_rng.permutation(num_groups) for _ in range(config.epochs_per_iter)])
             position = 0
             while position < len(group_order):
                 position, example_ids, puzzle_ids = draw_global_batch(

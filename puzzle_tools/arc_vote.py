@@ -8,7 +8,9 @@ Every prediction row is mapped back to its original puzzle: its identifier names
 (`<puzzle>_t<dihedral id>_<colour map>`), the input and predicted grids are cropped from the 30x30 canvas,
 and the version's colour permutation and dihedral transform are undone. The row's input then tells which
 of the puzzle's test inputs it answers. The candidate answers of a test input are ranked by their number
-of votes (rows predicting them), ties by their mean halting probability sigmoid(q_halt_logit).
+of votes (rows predicting them), ties by their mean halting probability sigmoid(q_halt_logit). The
+submission holds the best-ranked candidates that are valid ARC grids (an empty crop is not), `[[0]]` where
+none is.
 
 Prints JSON: `pass@K` (fraction of the test split's puzzles all of whose test inputs have their answer among
 the top K candidates), `arc_prize_score` (per puzzle the fraction of test inputs answered within 2 attempts,
@@ -28,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
-from dataset.format import IDENTIFIERS_FILE, TEST_PUZZLES_FILE, read_test_puzzles
+from dataset.format import ARC_GRID_SIZE, ARC_NUM_COLOURS, IDENTIFIERS_FILE, TEST_PUZZLES_FILE, read_test_puzzles
 from puzzle_tools.dataset_reader import NamedSplit, read_named_split
 from puzzle_tools.grids import ARC, ArcVersion, crop_arc_canvas, parse_arc_version, to_original_frame
 from puzzle_tools.predictions import Predictions, load_predictions
@@ -172,13 +174,22 @@ def score(result: VoteResult, ks: Sequence[int]) -> dict:
             "unmatched_predictions": result.unmatched_predictions}
 
 
+def is_submittable(grid: np.ndarray) -> bool:
+    """Whether ARC Prize accepts the grid: 1-30 rows of equal length 1-30, colours 0-9. A crop is empty
+    (0x0) when the predicted canvas holds no colour at its top-left cell."""
+    return (grid.ndim == 2 and 1 <= grid.shape[0] <= ARC_GRID_SIZE and 1 <= grid.shape[1] <= ARC_GRID_SIZE
+            and 0 <= grid.min() and grid.max() < ARC_NUM_COLOURS)
+
+
 def submission(result: VoteResult) -> Dict[str, List[Dict[str, list]]]:
-    """ARC Prize submission: puzzle -> per test input {"attempt_1": grid, "attempt_2": grid}."""
+    """ARC Prize submission: puzzle -> per test input {"attempt_1": grid, "attempt_2": grid}, the best-ranked
+    submittable candidates (pass@K still counts the others, as wrong answers)."""
     entries = {}
     for name, tests in sorted(result.tests.items()):
         entries[name] = []
         for test in tests:
-            attempts = [candidate.grid.tolist() for candidate in test.candidates[:ATTEMPTS]] or [NO_ANSWER]
+            submittable = [candidate.grid for candidate in test.candidates if is_submittable(candidate.grid)]
+            attempts = [grid.tolist() for grid in submittable[:ATTEMPTS]] or [NO_ANSWER]
             attempts += [attempts[0]] * (ATTEMPTS - len(attempts))  # a lone answer is tried twice
             entries[name].append({f"attempt_{number}": grid for number, grid in enumerate(attempts, start=1)})
     return entries
@@ -190,9 +201,14 @@ def vote_predictions(dataset_dir: str, prediction_prefix: str) -> VoteResult:
     return rank_answers(split, predictions)
 
 
-def vote(dataset_dir: str, prediction_prefix: str, ks: Sequence[int] = DEFAULT_KS) -> dict:
-    """Scores of the prediction files `<prediction_prefix>.<rank>` on the dataset's test split (see score)."""
-    return score(vote_predictions(dataset_dir, prediction_prefix), ks)
+def vote(dataset_dir: str, prediction_prefix: str, ks: Sequence[int] = DEFAULT_KS,
+         submission_path: Optional[str] = None) -> dict:
+    """Scores of the prediction files `<prediction_prefix>.<rank>` on the dataset's test split (see score);
+    with `submission_path`, the ARC Prize submission is written there too."""
+    result = vote_predictions(dataset_dir, prediction_prefix)
+    if submission_path:
+        write_text(submission_path, json.dumps(submission(result)))
+    return score(result, ks)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -215,13 +231,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
 
-    def run() -> None:
-        result = vote_predictions(args.dataset, args.predictions)
-        if args.submission:
-            write_text(args.submission, json.dumps(submission(result)))
-        print(json.dumps(score(result, args.k), indent=2))
-
-    return exit_status(run)
+    return exit_status(lambda: print(json.dumps(vote(args.dataset, args.predictions, args.k, args.submission),
+                                                indent=2)))
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def compare_arms(args: argparse.Namespace) -> None:
                          shared + parse_filters("--treatment-filter", args.treatment_filter))
     if args.plot:
         if importlib.util.find_spec("matplotlib") is None:  # only --plot needs it
-            raise CompareError("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+            raise CompareError("--plot needs matplotlib: pip install matplotlib")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
             raise CompareError(f"--plot {args.plot}: its folder does not exist")
     result = compare(args.metric, baseline, treatment, args.seed)

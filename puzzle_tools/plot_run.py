@@ -29,7 +29,7 @@ from training.run_folder import METRICS_FILE, atomic_path, read_metrics
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-except ImportError:  # the optional `plot` extra
+except ImportError:  # a broken install: plots are then reported as not drawn
     Figure = None
 
 EVALUATION_MARKERS = ("o", "s", "^", "D", "v")
@@ -151,7 +151,7 @@ def draw_figure(panels: Tuple[Panel, ...], runs: List[RunMetrics]):
 def plot_runs(run_dirs: List[str], out_dir: str) -> List[str]:
     """Write the figures of the runs into `out_dir`; returns the written paths."""
     if Figure is None:
-        raise ToolInputError("matplotlib is not installed (pip install -e \".[plot]\")")
+        raise ToolInputError("matplotlib is not installed (pip install matplotlib)")
     runs = [read_run(run_dir) for run_dir in run_dirs]
     written = []
     for name, panels in FIGURES.items():

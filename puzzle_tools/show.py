@@ -26,14 +26,16 @@ WRONG_MARK = "!"
 
 
 def text_grid(task: Task, grid: np.ndarray, wrong: Optional[np.ndarray] = None) -> str:
-    """Rows of cell symbols, each followed by WRONG_MARK where `wrong` is set, else a space."""
+    """Rows of cell symbols, each followed by WRONG_MARK where `wrong` is set, else a space. Every row keeps
+    the grid's width (a maze's open cells are spaces); the last mark column is left out when it is blank."""
     if grid.size == 0:
         return "(empty grid)"
+    wrong = np.zeros(grid.shape, dtype=bool) if wrong is None else wrong
     symbols = [[cell_symbol(task, int(value)) for value in row] for row in grid]
     width = max(len(symbol) for row in symbols for symbol in row)
-    return "\n".join("".join(symbol.rjust(width) + (WRONG_MARK if wrong is not None and wrong[r, c] else " ")
-                             for c, symbol in enumerate(row)).rstrip()
-                     for r, row in enumerate(symbols))
+    rows = ["".join(symbol.rjust(width) + (WRONG_MARK if wrong[r, c] else " ") for c, symbol in enumerate(row))
+            for r, row in enumerate(symbols)]
+    return "\n".join(rows if wrong[:, -1].any() else [row[:-1] for row in rows])
 
 
 def describe_example(dataset_dir: str, split_name: str, set_name: Optional[str], index: int,

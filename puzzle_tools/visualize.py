@@ -201,6 +201,8 @@ const report = JSON.parse(document.getElementById("report-data").textContent);
 const PAGE_SIZE = 50;
 const MAZE_CLASSES = ["wall", "open", "start", "goal", "path"];
 const EMPTY = -1;
+// What an ARC prediction without a colour at the canvas's top-left cell crops to: an empty grid.
+const NO_GRID = "no grid: the top-left cell holds no colour";
 const setNames = Object.keys(report.sets);
 const state = {set: setNames[0], page: 0, puzzle: 0};
 
@@ -242,7 +244,7 @@ function gridElement(grid, wrong, givens) {
 
 function figure(caption, grid, wrong, givens) {
   const node = element("div", "figure");
-  node.appendChild(element("div", "caption", caption + (grid.length ? "" : " (empty)")));
+  node.appendChild(element("div", "caption", caption));
   node.appendChild(gridElement(grid, wrong, givens));
   return node;
 }
@@ -262,11 +264,13 @@ function exampleRow(example, withVersion) {
   row.appendChild(figure(where + ": input", example.input, null, givens));
   row.appendChild(figure("label", example.label, null, givens));
   if (example.prediction) {
-    const shape = grid => grid.length + "x" + (grid.length ? grid[0].length : 0);
-    const size = shape(example.prediction) === shape(example.label) ? "" :
+    const halt = ", halt p " + example.halt_probability;
+    const shape = grid => grid.length + "x" + grid[0].length;
+    const size = !example.prediction.length || shape(example.prediction) === shape(example.label) ? "" :
         ", size " + shape(example.prediction) + " instead of " + shape(example.label);
-    const caption = "prediction, " + verdict(example.exact) + ", " + count(example.wrong.length, "wrong cell") +
-        size + ", halt p " + example.halt_probability;
+    const caption = example.prediction.length ?
+        "prediction, " + verdict(example.exact) + ", " + count(example.wrong.length, "wrong cell") + size + halt :
+        "prediction: " + NO_GRID + halt;
     row.appendChild(figure(caption, example.prediction, example.wrong, givens));
   }
   return row;
@@ -288,9 +292,10 @@ function renderArc(puzzle, container) {
     const answers = puzzle.answers ? puzzle.answers[index] : null;
     if (answers) {
       if (!answers.length) row.appendChild(element("div", "caption", "no prediction"));
+      // Candidates as pass@K ranks them; the submission skips empty ones (arc_vote.py).
       answers.forEach((answer, rank) => row.appendChild(figure(
-          "attempt " + (rank + 1) + ", " + verdict(answer.exact) + ": " + count(answer.votes, "vote") + ", mean halt p " +
-          answer.halt_probability, answer.grid, answer.wrong)));
+          "candidate " + (rank + 1) + ", " + (answer.grid.length ? verdict(answer.exact) : NO_GRID) + ": " +
+          count(answer.votes, "vote") + ", mean halt p " + answer.halt_probability, answer.grid, answer.wrong)));
     }
     container.appendChild(row);
   });

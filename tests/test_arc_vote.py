@@ -136,6 +136,45 @@ def test_cli_prints_scores_and_writes_submission(arc_dataset, our_predictions, t
     assert os.listdir(submission_path.parent) == ["submission.json"]  # no temporary file left
 
 
+def empty_crop_rows(dataset_dir, puzzles):
+    """One row per test example of every version of `puzzles` whose predicted canvas is all pad: it crops
+    to an empty grid, confidently (halt probability .99)."""
+    names = identifier_names(dataset_dir)
+    test = load_set(dataset_dir, "test")
+    identifiers = np.repeat(test["puzzle_identifiers"], np.diff(test["puzzle_indices"]))
+    rows = np.flatnonzero([names[i].split("_")[0] in puzzles for i in identifiers])
+    labels = np.where(test["labels"][rows] == 0, -100, test["labels"][rows].astype(np.int32))
+    return (test["inputs"][rows], labels, identifiers[rows], np.zeros((len(rows), 900), dtype=np.uint8),
+            np.full(len(rows), halt_logit(.99)))
+
+
+def test_empty_crops_winning_the_vote_stay_out_of_the_submission(arc_dataset, tmp_path):
+    # a1: 4 empty crops outvote its right (x2) and wrong (x2) answers; d4: empty crops only.
+    prefix = str(tmp_path / "empty_preds")
+    save_ours(f"{prefix}.0", *(np.concatenate(pair) for pair in zip(prediction_rows(arc_dataset),
+                                                                     empty_crop_rows(arc_dataset, {"a1", "d4"}))))
+    result = arc_vote.vote_predictions(arc_dataset, prefix)
+    assert [c.grid.shape for c in result.tests["a1"][0].candidates] == [(0, 0), (2, 3), (2, 3)]
+    assert [(c.grid.shape, c.votes) for c in result.tests["d4"][0].candidates] == [((0, 0), 4)]
+    # pass@K as the reference counts it: the empty crop is a wrong candidate, so a1 is solved at K = 2 only.
+    scores = arc_vote.score(result, [1, 2, 10])
+    assert scores["pass@1"] == 0 and scores["pass@2"] == pytest.approx(0.4)
+    assert scores["arc_prize_score"] == pytest.approx(0.5) and scores["missing_puzzles"] == []
+    # The submission: the best-ranked valid grids, [[0]] where there is none.
+    entries = arc_vote.submission(result)
+    assert entries == EXPECTED_SUBMISSION
+    assert all(arc_vote.is_submittable(np.array(grid)) for tests in entries.values() for test in tests
+               for grid in test.values())
+
+
+def test_submittable_grids():
+    assert arc_vote.is_submittable(np.zeros((1, 1), dtype=np.int32))
+    assert arc_vote.is_submittable(np.full((30, 30), 9))
+    for grid in (np.zeros((0, 0)), np.zeros((1, 0)), np.zeros((31, 2)), np.full((2, 2), 10), np.full((2, 2), -1),
+                 np.zeros(3)):
+        assert not arc_vote.is_submittable(grid), grid.shape
+
+
 def test_default_ks(arc_dataset, our_predictions):
     scores = arc_vote.vote(arc_dataset, our_predictions)
     assert [key for key in scores if key.startswith("pass@")] == ["pass@1", "pass@2", "pass@10", "pass@100",

@@ -339,6 +339,15 @@ def test_test_puzzles_json(folder_dataset):
     assert test_puzzles == {**sample_puzzles("training", TRAINING_IDS), **sample_puzzles("evaluation", EVALUATION_IDS)}
 
 
+def assert_same_dataset(built, expected):
+    for split in ("train", "test"):
+        rebuilt = load_set(built, split)
+        for field, array in load_set(expected, split).items():
+            np.testing.assert_array_equal(rebuilt[field], array, err_msg=f"{split} {field}")
+    for name in ("identifiers.json", "test_puzzles.json"):
+        assert json.load(open(os.path.join(built, name))) == json.load(open(os.path.join(expected, name))), name
+
+
 def test_folder_and_file_inputs_build_the_same_dataset(folder_dataset, tmp_path):
     # Subfolders are read in sorted order (evaluation, training); the same subsets in that order and the
     # same seed give the same dataset from challenge/solution files.
@@ -348,12 +357,43 @@ def test_folder_and_file_inputs_build_the_same_dataset(folder_dataset, tmp_path)
     output_dir = str(tmp_path / "out")
     arc.main(["--input-file-prefix", prefix, "--subsets", "evaluation", "training", "--output-dir", output_dir,
               "--num-aug", str(NUM_AUG)])
-    for split in ("train", "test"):
-        rebuilt = load_set(output_dir, split)
-        for field, array in load_set(folder_dataset, split).items():
-            np.testing.assert_array_equal(rebuilt[field], array)
-    for name in ("identifiers.json", "test_puzzles.json"):
-        assert json.load(open(os.path.join(output_dir, name))) == json.load(open(os.path.join(folder_dataset, name)))
+    assert_same_dataset(output_dir, folder_dataset)
+
+
+@pytest.mark.parametrize("choice, training_ids, evaluation_ids", [
+    (["--limit", "1"], TRAINING_IDS[:1], EVALUATION_IDS[:1]),  # the first of each subset, in file order
+    (["--puzzle-ids", TRAINING_IDS[2], EVALUATION_IDS[1], TRAINING_IDS[0]], TRAINING_IDS[::2], EVALUATION_IDS[1:]),
+    (["--puzzle-ids", *TRAINING_IDS[1:], EVALUATION_IDS[0], "--limit", "1"], TRAINING_IDS[1:2], EVALUATION_IDS[:1]),
+])
+def test_chosen_puzzles_build_as_if_alone_in_the_inputs(tmp_path, choice, training_ids, evaluation_ids):
+    everything, alone = str(tmp_path / "everything"), str(tmp_path / "alone")
+    write_challenge_pair(everything, "training", sample_puzzles("training", TRAINING_IDS))
+    write_challenge_pair(everything, "evaluation", sample_puzzles("evaluation", EVALUATION_IDS))
+    write_challenge_pair(alone, "training", sample_puzzles("training", training_ids))
+    write_challenge_pair(alone, "evaluation", sample_puzzles("evaluation", evaluation_ids))
+    common = ["--subsets", "training", "evaluation", "--num-aug", "2", "--seed", "5", "--output-dir"]
+    arc.main(["--input-file-prefix", everything, *choice, *common, str(tmp_path / "chosen")])
+    arc.main(["--input-file-prefix", alone, *common, str(tmp_path / "expected")])
+    assert_same_dataset(str(tmp_path / "chosen"), str(tmp_path / "expected"))
+    assert sorted(json.load(open(tmp_path / "chosen" / "test_puzzles.json"))) == sorted(training_ids + evaluation_ids)
+
+
+def test_puzzle_choice_errors(tmp_path):
+    prefix = str(tmp_path / "arc")
+    write_challenge_pair(prefix, "training", sample_puzzles("training", TRAINING_IDS))
+    write_challenge_pair(prefix, "evaluation", sample_puzzles("evaluation", EVALUATION_IDS))
+    output_dir = str(tmp_path / "out")
+    source = ["--input-file-prefix", prefix, "--subsets", "training", "evaluation", "--output-dir", output_dir]
+    result = run_builder_cli(*source, "--puzzle-ids", EVALUATION_IDS[0], "nosuchid", "0000beef")
+    assert_clean_error(result, output_dir, "--puzzle-ids: no puzzle nosuchid, 0000beef in the inputs",
+                       "subsets training, evaluation")
+    result = run_builder_cli(*source, "--puzzle-ids", TRAINING_IDS[0])
+    assert_clean_error(result, output_dir, "none of subset 'evaluation'")
+    for limit in ("0", "-2"):
+        result = run_builder_cli(*source, "--limit", limit)
+        assert_clean_error(result, output_dir, f"--limit must be at least 1, got {limit}")
+    with pytest.raises(arc.DatasetBuildError, match="with --download, give --preset or --subsets"):
+        arc.parse_args(["--download", "--limit", "3"])
 
 
 def reference_transcription(puzzle_list, test_subset, seed, num_aug):

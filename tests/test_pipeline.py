@@ -11,12 +11,15 @@ import yaml
 
 import evaluate
 from models.checkpoint import COMPILED_PREFIX
+from training.build import read_metadata
 from training.distributed import DistributedContext
-from training.loop import run_training
+from training.loop import run_training, total_train_steps
+from training.metrics_log import MetricsLogger
 
 from conftest import REPO_ROOT
 from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_in_process, read_metrics, run_pretrain, torchrun,
                        train_losses)
+from tool_datasets import build_arc
 
 
 @pytest.mark.slow
@@ -82,6 +85,10 @@ def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path, routing
     assert single.returncode == 0, single.stderr[-3000:]
     double = run_pretrain([*common, f"checkpoint_path={tmp_path / 'two'}"], launcher=torchrun(2))
     assert double.returncode == 0, double.stderr[-3000:]
+    # Only rank 0 prints start-up lines, as one process does.
+    for result in (single, double):
+        backend_lines = [line for line in result.stdout.splitlines() if line.startswith("attention backend: ")]
+        assert len(backend_lines) == 1, result.stdout
 
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     losses_one, losses_two = train_losses(one), train_losses(two)
@@ -97,6 +104,26 @@ def test_two_process_gloo_run_equals_one_process(tiny_dataset, tmp_path, routing
     eval_two = [r for r in two if "all/lm_loss" in r][-1]
     assert abs(eval_one["all/lm_loss"] - eval_two["all/lm_loss"]) < 1e-5
     assert eval_one["all/exact_accuracy"] == eval_two["all/exact_accuracy"]
+
+
+@pytest.mark.slow
+def test_progress_bar_total_is_the_steps_that_run(tmp_path, monkeypatch):
+    # A tiny ARC set: puzzle sizes vary, so each round's last short batch has a size only the draws tell.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = make_config(build_arc(tmp_path), f"checkpoint_path={tmp_path / 'run'}", "epochs=4", "eval_interval=2",
+                         "arch.halt_max_steps=1", "arch.hidden_size=16", "log_interval=100")
+    bars = []
+    real_close = MetricsLogger.close
+
+    def close(logger):
+        bars.append((logger.progress.n, logger.progress.total))
+        real_close(logger)
+
+    monkeypatch.setattr(MetricsLogger, "close", close)
+    finished = run_training(config, DistributedContext(rank=0, world_size=1, device=torch.device("cpu")))
+    ran = [row["step"] for row in read_metrics(tmp_path / "run") if "train/lm_loss" in row]
+    assert bars == [(finished.step, finished.step)] and ran[-1] == finished.step
+    assert finished.step < total_train_steps(config, read_metadata(config, "train"))  # the short batches dropped
 
 
 def config_for(tiny_dataset, run_dir, *extra):

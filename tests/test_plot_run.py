@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib", reason="plot_run needs matplotlib (pip install -e \".[plot]\")")
+pytest.importorskip("matplotlib", reason="plot_run needs matplotlib (in the base install)")
 import matplotlib.image  # noqa: E402  (after the skip)
 
 from puzzle_tools import plot_run  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import dataset.puzzle_dataset as puzzle_dataset
-from dataset.format import DatasetFormatError, IGNORE_LABEL_ID, PuzzleDatasetMetadata, save_identifiers, save_split
+from dataset.format import (DatasetFormatError, IGNORE_LABEL_ID, PuzzleDatasetMetadata, read_split, save_identifiers,
+                            save_split)
 from dataset.puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig, create_dataloader
 
 SEQ_LEN = 5
@@ -356,18 +357,27 @@ def test_malformed_metadata(tmp_path, contents, detail):
     assert metadata_path in str(error.value) and "\n" not in str(error.value)
 
 
-def test_batches_per_round_counts_what_a_pass_yields(tmp_path):
-    # Sudoku-like: 36 puzzles of one example in 12 groups; batches of 4 take 4 groups each.
-    root = write_dataset(tmp_path / "puzzles")
-    from dataset.puzzle_dataset import batches_per_round
-    assert batches_per_round(root, "test", 4, 1) is None  # ARC-like sizes vary: unknown in advance
-    sudoku_only = tmp_path / "sudoku"
-    metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=64, seq_len=SEQ_LEN,
-                                     num_puzzle_identifiers=40, total_groups=12, mean_puzzle_examples=1,
-                                     sets=["sudoku"])
-    save_split(str(sudoku_only), "train", metadata, {"sudoku": make_set(TRAIN_GROUPS["sudoku"], 1, np.uint8)})
-    for batch, epochs in ((4, 1), (5, 3), (16, 2)):
-        dataset = PuzzleDataset(PuzzleDatasetConfig(seed=0, dataset_path=str(sudoku_only), global_batch_size=batch,
-                                                    test_set_mode=False, epochs_per_iter=epochs, rank=0,
-                                                    num_replicas=1))
-        assert batches_per_round(str(sudoku_only), "train", batch, epochs) == len(list(dataset)) == 12 * epochs // batch
+def yielded_batches(dataset_path, seed, batch, epochs, rounds):
+    """Batches a training loader yields over `rounds` passes (one dataset object, as the persistent worker)."""
+    dataset = PuzzleDataset(PuzzleDatasetConfig(seed=seed, dataset_path=dataset_path, global_batch_size=batch,
+                                                test_set_mode=False, epochs_per_iter=epochs, rank=0, num_replicas=1))
+    return sum(len(list(dataset)) for _ in range(rounds))
+
+
+@pytest.mark.parametrize("chunk", [puzzle_dataset.REPLAY_CHUNK, 3])  # 3: the replay carries a batch across chunks
+def test_train_batches_counts_what_the_passes_yield(dataset_dir, monkeypatch, chunk):
+    # Sets `arc` (puzzle sizes vary) and `sudoku` (one example each); every pass ends in a short batch that is
+    # dropped, of a size that depends on the draws.
+    from dataset.puzzle_dataset import train_batches
+    monkeypatch.setattr(puzzle_dataset, "REPLAY_CHUNK", chunk)
+    metadata = read_split(dataset_dir, "train").metadata
+    fewer_than_the_reference_count = False
+    for seed, batch, epochs, rounds in ((0, 4, 1, 1), (3, 5, 3, 2), (7, 16, 2, 3), (1, 7, 1, 4)):
+        yielded = yielded_batches(dataset_dir, seed, batch, epochs, rounds)
+        assert train_batches(dataset_dir, "train", seed, batch, epochs, rounds) == yielded
+        assert train_batches(dataset_dir, "train", seed, batch, epochs, rounds, at_most=yielded - 1) == yielded - 1
+        assert train_batches(dataset_dir, "train", seed, batch, epochs, rounds, at_most=yielded + 5) == yielded
+        # The reference's step count (examples over the batch size) overcounts the short batches dropped.
+        reference_steps = int(rounds * epochs * metadata.total_groups * metadata.mean_puzzle_examples / batch)
+        fewer_than_the_reference_count |= yielded < reference_steps
+    assert fewer_than_the_reference_count

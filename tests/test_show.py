@@ -13,7 +13,7 @@ from puzzle_tools import show
 from puzzle_tools.grids import (ARC, EMPTY, GENERIC, MAZE, SUDOKU, Task, decode_example, decode_tokens, detect_task,
                                 wrong_cells)
 from tool_datasets import (DEMOS, MAZE as MAZE_ROWS, MAZE_SOLUTION, TRAINING_PUZZLE, build_arc, identifier_names,
-                           load_set, save_label_predictions, write_maze, write_token_dataset)
+                           load_set, maze_tokens, save_label_predictions, write_maze, write_token_dataset)
 
 
 def metadata(vocab_size, seq_len):
@@ -60,9 +60,11 @@ def test_decode_example_crops_arc_at_the_inputs_place():
 
 
 def spaced(rows, wrong=()):
-    """Rows of one-character symbols as show prints them: each followed by a space, or `!` when wrong."""
-    return ["".join(symbol + ("!" if (r, c) in wrong else " ") for c, symbol in enumerate(row)).rstrip()
-            for r, row in enumerate(rows)]
+    """Rows of one-character symbols as show prints them: each followed by a space, or `!` when wrong; the
+    last column's marks left out when none is wrong."""
+    marked = ["".join(symbol + ("!" if (r, c) in wrong else " ") for c, symbol in enumerate(row))
+              for r, row in enumerate(rows)]
+    return marked if any(c == len(rows[0]) - 1 for _, c in wrong) else [row[:-1] for row in marked]
 
 
 def run_show(capsys, *argv):
@@ -83,6 +85,24 @@ def test_maze_with_prediction(tmp_path, capsys):
                    + spaced(MAZE_ROWS) + ["label:"] + spaced(MAZE_SOLUTION)
                    + ["prediction: 2 wrong cells (marked !), halting probability 0.500"]
                    + spaced(predicted, wrong={(0, 0), (1, 2)}))
+
+
+def test_maze_rows_keep_the_grid_width(tmp_path, capsys):
+    # No border walls: rows end in open cells (spaces), which must not be trimmed.
+    rows, solution = ["S  ", "## ", "G  "], ["Soo", "##o", "Goo"]
+    dataset_dir = write_token_dataset(tmp_path, "maze", maze_tokens(rows)[None], maze_tokens(solution)[None],
+                                      vocab_size=6)
+    for wrong_cell, wrong in ((None, ()), (2, {(0, 2)})):  # a wrong last column keeps its mark column
+        predicted = {0: {} if wrong_cell is None else {wrong_cell: 2}}
+        save_label_predictions(str(tmp_path / "preds"), dataset_dir, predicted, num_files=1)
+        code, out, _ = run_show(capsys, "--dataset", dataset_dir, "--predictions", str(tmp_path / "preds"),
+                                "--index", "0")
+        assert code == 0
+        assert out[2:5] == spaced(rows) == ["S    ", "# #  ", "G    "]
+        prediction = [solution[0][:2] + " ", *solution[1:]] if wrong else solution
+        assert out[-3:] == spaced(prediction, wrong)
+        for grid_lines in (out[2:5], out[6:9], out[-3:]):
+            assert len({len(line) for line in grid_lines}) == 1, out
 
 
 def test_no_prediction_for_the_example(tmp_path, capsys):

@@ -64,6 +64,36 @@ def arc_page(tmp_path_factory):
     return dataset_dir, out
 
 
+@pytest.fixture(scope="module")
+def arc_page_with_empty_crops(tmp_path_factory):
+    """An ARC page whose a1 predictions crop to empty grids in 3 of its 4 versions (pad at the top-left
+    cell), so the empty crop wins a1's vote; its fourth version is right."""
+    root = tmp_path_factory.mktemp("arc_empty_page")
+    dataset_dir = build_arc(root)
+    test = load_set(dataset_dir, "test")
+    names = np.array(identifier_names(dataset_dir))
+    example_names = names[np.repeat(test["puzzle_identifiers"], np.diff(test["puzzle_indices"]))]
+    a1_examples = [e for e, name in enumerate(example_names) if name.split("_")[0] == "a1"]
+    predicted = {example: {} for example in range(len(example_names))}
+    predicted.update({example: {0: 0} for example in a1_examples[:3]})
+    save_label_predictions(str(root / "preds"), dataset_dir, predicted)
+    out = str(root / "report.html")
+    assert visualize.main(["--dataset", dataset_dir, "--predictions", str(root / "preds"), "--out", out]) == 0
+    return dataset_dir, out
+
+
+def test_empty_crops_on_the_arc_page(arc_page_with_empty_crops):
+    _, out = arc_page_with_empty_crops
+    a1 = {p["name"]: p for p in page_data(open(out, encoding="utf-8").read())["sets"]["all"]["puzzles"]}["a1"]
+    (answers,) = a1["answers"]
+    assert [(a["grid"], a["votes"], a["exact"]) for a in answers] == [
+        ([], 3, False), (grid(EVALUATION_PUZZLES["a1"][0][1]).tolist(), 1, True)]
+    assert a1["solved"] is True  # pass@2: the right answer is the second candidate
+    original = a1["examples"][0]
+    assert original["identifier"] == "a1" and original["prediction"] == [] and original["wrong"] == []
+    assert original["exact"] is False
+
+
 def test_sudoku_page_data(sudoku_page):
     dataset_dir, out = sudoku_page
     html = open(out, encoding="utf-8").read()
@@ -234,3 +264,17 @@ def test_arc_page_in_chromium(browser, arc_page, tmp_path):
     palette_rgb = tuple(int(report["palette"][colour][i:i + 2], 16) for i in (1, 3, 5))
     assert first_cell.value_of_css_property("background-color") in (f"rgb{palette_rgb}", f"rgba{palette_rgb + (1,)}")
     assert browser.save_screenshot(str(tmp_path / "arc.png"))
+
+
+def test_empty_crops_named_in_chromium(browser, arc_page_with_empty_crops):
+    _, out = arc_page_with_empty_crops
+    browser.get("file://" + out)
+    assert browser.get_log("browser") == []
+    click_puzzle(browser, "a1")
+    captions = [c.text for c in browser.find_elements("css selector", "#puzzle .caption")]
+    no_grid = "no grid: the top-left cell holds no colour"
+    assert "candidate 1, " + no_grid + ": 3 votes, mean halt p 0.5" in captions
+    assert "candidate 2, right: 1 vote, mean halt p 0.5" in captions
+    # The examples shown: the original version's (and any other empty one's) prediction has no grid.
+    assert "prediction: " + no_grid + ", halt p 0.5" in captions
+    assert not any("0x0" in caption or "(empty)" in caption for caption in captions)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from dataset.format import PuzzleDatasetMetadata
-from dataset.puzzle_dataset import batches_per_round
+from dataset.puzzle_dataset import train_batches
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
 from training.build import create_loader, create_model, ensure_dataset, read_metadata
@@ -44,10 +44,10 @@ def total_train_steps(config: PretrainConfig, metadata: PuzzleDatasetMetadata) -
 
 
 def steps_that_will_run(config: PretrainConfig, total_steps: int) -> int:
-    """What the progress bar counts to: `total_steps`, or fewer where each round's last short batch is
-    dropped and the rounds' batch count is known in advance."""
-    per_round = batches_per_round(config.data_path, "train", config.global_batch_size, config.epochs_per_round)
-    return total_steps if per_round is None else min(total_steps, config.num_rounds * per_round)
+    """What the progress bar counts to: the batches the rounds yield (each drops its last short batch, so
+    often fewer than `total_steps`), at most `total_steps`."""
+    return train_batches(config.data_path, "train", config.seed, config.global_batch_size, config.epochs_per_round,
+                         config.num_rounds, at_most=total_steps)
 
 
 def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> TrainState:
@@ -213,5 +213,5 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Fi
                 raise interrupt(stop)
 
     if logger is not None:
-        logger.close(finished=True)
+        logger.close()
     return FinishedRun(config.checkpoint_path, min(progress.step, state.total_steps), eval_metrics)

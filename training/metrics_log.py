@@ -75,11 +75,7 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
-    def close(self, finished: bool = False) -> None:
-        if finished and self.progress.total and self.progress.n < self.progress.total:
-            # Where the step count was an estimate (ARC: rounds' batch counts vary), end at what ran.
-            self.progress.total = self.progress.n
-            self.progress.refresh()
+    def close(self) -> None:
         self.progress.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
