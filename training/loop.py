@@ -16,7 +16,8 @@ from dataset.format import PuzzleDatasetMetadata
 from dataset.puzzle_dataset import batches_per_round
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
-from training.build import create_loader, create_model, ensure_dataset, read_metadata
+from models.config_validation import ConfigError
+from training.build import check_splits_agree, create_loader, create_model, ensure_dataset, read_metadata
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
@@ -48,6 +49,20 @@ def steps_that_will_run(config: PretrainConfig, total_steps: int) -> int:
     dropped and the rounds' batch count is known in advance."""
     per_round = batches_per_round(config.data_path, "train", config.global_batch_size, config.epochs_per_round)
     return total_steps if per_round is None else min(total_steps, config.num_rounds * per_round)
+
+
+def refuse_empty_run(config: PretrainConfig, metadata: PuzzleDatasetMetadata, steps: int) -> None:
+    """A run that would take no step would only report success: say which numbers make it empty."""
+    if steps > 0:
+        return
+    if not metadata.sets:
+        raise ConfigError(f"data_path: the train split of {config.data_path!r} has no sets: the run would take 0 steps")
+    examples = metadata.total_groups * metadata.mean_puzzle_examples * config.epochs_per_round
+    separately = f" (its {len(metadata.sets)} sets are drawn separately)" if len(metadata.sets) > 1 else ""
+    raise ConfigError(f"the run would take 0 steps: global_batch_size ({config.global_batch_size}) is more than "
+                      f"a round of the train split yields{separately}: {examples:g} examples = {metadata.total_groups} "
+                      f"groups x {metadata.mean_puzzle_examples:g} examples x {config.epochs_per_round} epoch(s) per "
+                      f"round; lower global_batch_size or train more epochs per round")
 
 
 def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> TrainState:
@@ -137,9 +152,12 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Fi
     saves the full state and raises TrainingInterrupted.
     """
     ensure_dataset(config, ctx)
+    check_splits_agree(config)
+    metadata = read_metadata(config, "train")
+    refuse_empty_run(config, metadata, steps_that_will_run(config, total_train_steps(config, metadata)))
     torch.manual_seed(config.seed + ctx.rank)
     fingerprint = resume.config_fingerprint(config)
-    state = create_train_state(config, read_metadata(config, "train"), ctx)
+    state = create_train_state(config, metadata, ctx)
     start_or_resume(config, state, ctx, fingerprint)
     progress = state.progress
     if progress.rounds_done >= config.num_rounds:
