@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -133,6 +132,7 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
     source_dir = run_folder.run_folder_of(config.resume)
     if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path):
         resume.prepare_new_run_folder(config, clear=ctx.is_main)  # continuing elsewhere: no run there
+    resume.check_weights_carry_over(saved, state, changes)
     checkpointing.restore_train_state(saved, state, ctx)
     record = {"step": state.progress.step, "event": "resume", "from": state_path,
               "processes": [saved.world_size, ctx.world_size],
@@ -190,8 +190,7 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Fi
             logger.close()
         name = signal.Signals(stop.signum).name
         return TrainingInterrupted(stop.signum, f"stopped by {name} at step {progress.step}; the training state is "
-                                                f"in {path!r}; continue with: python pretrain.py "
-                                                f"resume={shlex.quote(config.checkpoint_path)}")
+                                                f"in {path!r}")
 
     eval_metrics = None
     with StopRequest() as stop:
