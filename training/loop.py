@@ -144,17 +144,40 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
         dist.barrier()
 
 
+def lock_run_folder(run_dir: str, ctx: DistributedContext) -> contextlib.AbstractContextManager:
+    """Rank 0 locks the run folder for the run's life; every rank learns whether it could, so a refusal
+    stops them all."""
+    lock, refusal = contextlib.nullcontext(), [None]
+    if ctx.is_main:
+        try:
+            lock = run_folder.RunFolderLock(run_dir)
+        except run_folder.RunFolderError as e:
+            refusal = [str(e)]
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise run_folder.RunFolderError(refusal[0])
+    return lock
+
+
 def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[FinishedRun]:
     """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; None when the run had
     already finished.
 
     SIGTERM or SIGINT stops after the current step (with several processes, within `log_interval` steps),
-    saves the full state and raises TrainingInterrupted.
+    saves the full state and raises TrainingInterrupted. The run folder stays locked while the run lasts:
+    a second run into it is refused.
     """
     ensure_dataset(config, ctx)
     check_splits_agree(config)
     metadata = read_metadata(config, "train")
     refuse_empty_run(config, metadata, steps_that_will_run(config, total_train_steps(config, metadata)))
+    with lock_run_folder(config.checkpoint_path, ctx):
+        return train_in_run_folder(config, ctx, metadata)
+
+
+def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext,
+                        metadata: PuzzleDatasetMetadata) -> Optional[FinishedRun]:
     torch.manual_seed(config.seed + ctx.rank)
     fingerprint = resume.config_fingerprint(config)
     state = create_train_state(config, metadata, ctx)
