@@ -7,6 +7,7 @@ in an override or in a value, stops with one `error:` line naming it.
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from typing import Any, Dict, List
@@ -87,6 +88,25 @@ def run_summary(run: FinishedRun, draw_plots: bool) -> str:
     return "\n".join(lines)
 
 
+# Overrides a resumed run must not repeat: it continues in its own folder, over its own run.
+NOT_REPEATED_ON_RESUME = ("resume", "checkpoint_path", "overwrite_run")
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a double-quoted Hydra string, which may hold spaces, non-ASCII letters and `=,[]'`: quotes
+    are escaped, and so are the backslashes before a quote or the closing quote (Hydra's only escapes)."""
+    escaped = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ('\\"' if m.group(2) else ""), value)
+    return f'"{escaped}"'
+
+
+def resume_command(run_dir: str, overrides: List[str]) -> str:
+    """The shell command that continues the run in `run_dir`: the run's own overrides (the config is checked
+    against the saved one), with resume= in place of where it was written."""
+    kept = [override for override in overrides  # `key=value`, `+key=value` or `++key=value`
+            if override.split("=", 1)[0].lstrip("+~") not in NOT_REPEATED_ON_RESUME]
+    return shlex.join(["python", "pretrain.py", *kept, f"resume={hydra_quoted(run_dir)}"])
+
+
 def parse_overrides(argv: List[str] = None) -> List[str]:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="a Hydra override, e.g. lr=3e-4 or data=maze")
@@ -112,7 +132,7 @@ def main(argv: List[str] = None) -> int:
             print(run_summary(finished, config.plots), flush=True)
     except TrainingInterrupted as e:  # not a mistake: the state is saved, and the shell sees the signal
         if ctx.is_main:
-            print(e, file=sys.stderr)
+            print(f"{e}; continue with: {resume_command(config.checkpoint_path, overrides)}", file=sys.stderr)
         return e.exit_code
     finally:
         teardown_distributed()

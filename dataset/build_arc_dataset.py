@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, run_cli
 from dataset.atomic_file import write_text
-from dataset.common import DatasetBuildError, atomic_output_dir, dihedral_transform
+from dataset.common import DatasetBuildError, atomic_output_dir, dihedral_transform, seed_argument
 from dataset.format import (ARC_COLOUR_OFFSET, ARC_END_TOKEN, ARC_GRID_SIZE, ARC_PAD_TOKEN, ARC_SEQ_LEN,
                             ARC_VOCAB_SIZE, TEST_PUZZLES_FILE, PuzzleDatasetMetadata, arc_grid_fault, save_identifiers,
                             save_split, split_file)
@@ -635,7 +635,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-set-name",
                         help=f"subfolder/subset whose test pairs form the test split (default {DEFAULT_TEST_SET_NAME})")
     parser.add_argument("--output-dir", help=f"dataset folder to write (default {DEFAULT_OUTPUT_DIR})")
-    parser.add_argument("--seed", type=int, default=42, help="numpy seed for shuffles and augmentation (default 42)")
+    parser.add_argument("--seed", type=seed_argument, default=42, help="numpy seed for shuffles and augmentation (default 42)")
     parser.add_argument("--num-aug", type=int, default=1000,
                         help="augmented versions per puzzle, 0 for none (default 1000)")
     parser.add_argument("--puzzle-ids", nargs="+", metavar="ID",

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, run_cli
 from dataset import maze_generator
-from dataset.common import (DatasetBuildError, atomic_output_dir, dihedral_transform, read_puzzle_csv,
+from dataset.common import (DatasetBuildError, atomic_output_dir, dihedral_transform, read_puzzle_csv, seed_argument,
                             write_puzzle_csv)
 from dataset.format import (MAZE_CHAR_TO_TOKEN, MAZE_CHARSET, MAZE_VOCAB_SIZE, PuzzleDatasetMetadata, save_identifiers,
                             save_split)
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="add the 8 dihedral transforms of each train maze to its group")
     parser.add_argument("--source-repo", default="sapientinc/maze-30x30-hard-1k",
                         help="Hugging Face dataset holding train.csv and test.csv (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=42,
+    parser.add_argument("--seed", type=seed_argument, default=42,
                         help="seed of the train subsample and of generation (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--source-csv", metavar="DIR",

@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
 from dataset import maze_generator
-from dataset.common import DatasetBuildError, atomic_output_dir
+from dataset.common import DatasetBuildError, atomic_output_dir, seed_argument
 from dataset.format import (MAZE_CHAR_TO_TOKEN, MAZE_VOCAB_SIZE, SUDOKU_BLANK, SUDOKU_SEQ_LEN, SUDOKU_VOCAB_SIZE,
                             DatasetSplit, PuzzleDatasetMetadata, PuzzleSet, read_metadata, read_split,
                             save_identifiers, save_split)
@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         command.add_argument("--output-dir", required=True,
                              help="folder to write" + (" (one dataset folder per size inside)"
                                                        if command is subsample else ""))
-        command.add_argument("--seed", type=int, default=42, help="seed of every random draw (default %(default)s)")
+        command.add_argument("--seed", type=seed_argument, default=42, help="seed of every random draw (default %(default)s)")
         command.add_argument("--overwrite", action="store_true", help="replace existing output folders")
 
     return parser.parse_args(argv)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, run_cli
 from dataset import sudoku_generator
-from dataset.common import DatasetBuildError, atomic_output_dir, read_puzzle_csv, write_puzzle_csv
+from dataset.common import DatasetBuildError, atomic_output_dir, read_puzzle_csv, seed_argument, write_puzzle_csv
 from dataset.format import SUDOKU_SEQ_LEN, SUDOKU_VOCAB_SIZE, PuzzleDatasetMetadata, save_identifiers, save_split
 
 SPLITS = ("train", "test")
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "default: keep all")
     parser.add_argument("--num-aug", type=int, default=0,
                         help="shuffled copies added to each train puzzle (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="numpy global seed for subsampling and shuffles; "
+    parser.add_argument("--seed", type=seed_argument, default=42, help="numpy global seed for subsampling and shuffles; "
                                                              "also seeds the generator")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--source-repo", default="sapientinc/sudoku-extreme",
@@ -68,8 +68,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise DatasetBuildError("--source-csv and --generate-train/--generate-test are two sources; pick one")
     for flag, value, low in (("--generate-train", args.generate_train, 1), ("--generate-test", args.generate_test, 1),
                              ("--workers", args.workers, 1), ("--max-tries-per-puzzle", args.max_tries_per_puzzle, 1),
-                             ("--subsample-size", args.subsample_size, 0), ("--num-aug", args.num_aug, 0),
-                             ("--seed", args.seed, 0)):
+                             ("--subsample-size", args.subsample_size, 0), ("--num-aug", args.num_aug, 0)):
         if value is not None and value < low:
             raise DatasetBuildError(f"{flag} must be at least {low}, got {value}")
 

@@ -2,6 +2,7 @@
 writer; the format they write is dataset/format.py's."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import glob
@@ -26,6 +27,21 @@ PUZZLE_CSV_HEADER = ("source", "question", "answer", "rating")
 
 class DatasetBuildError(UserError):
     """Bad builder input or settings; the message names the file, row or flag at fault."""
+
+
+# numpy's legacy seeding (np.random.seed, RandomState), which the reference builders use, takes 32 bits.
+MAX_SEED = 2 ** 32 - 1
+
+
+def seed_argument(text: str) -> int:
+    """The `--seed` of a builder: an integer in 0..MAX_SEED, as every builder's random draws accept."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED} (2**32 - 1), got {seed}")
+    return seed
 
 
 def dihedral_transform(grid: np.ndarray, transform_id: int) -> np.ndarray:

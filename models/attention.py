@@ -16,6 +16,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from models.config_validation import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # Environment variable that forces a backend, overriding the config key.
@@ -28,6 +30,7 @@ FLASH_BACKENDS: Dict[str, Tuple[str, str]] = {
     "fa4": ("flash_attn.cute", "flash_attn_func"),
 }
 BACKENDS = (*FLASH_BACKENDS, "sdpa")
+BACKEND_CHOICES = ("auto", *BACKENDS)  # what the config key accepts
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -48,16 +51,19 @@ def installed_backends() -> Tuple[str, ...]:
 def resolve_backend(requested: str = "auto") -> str:
     """Turn a config value (or the environment override) into a concrete backend name.
 
-    Forcing a backend that is not installed raises a one-line ValueError.
+    An unknown backend, or forcing one that is not installed, is a ConfigError naming where it was set
+    (the config key, or the environment variable, which overrides it).
     """
-    requested = os.environ.get(BACKEND_ENV_VAR, requested) or "auto"
-    if requested not in ("auto", *BACKENDS):
-        raise ValueError(f"attention backend must be one of auto, {', '.join(BACKENDS)}; got {requested!r}")
+    source = BACKEND_ENV_VAR if os.environ.get(BACKEND_ENV_VAR) else "arch.attention_backend"
+    requested = os.environ.get(BACKEND_ENV_VAR) or requested or "auto"
+    if requested not in BACKEND_CHOICES:
+        raise ConfigError(f"{source}: attention backend must be one of {', '.join(BACKEND_CHOICES)}; got {requested!r}")
     if requested == "auto":
         return installed_backends()[0] if torch.cuda.is_available() else "sdpa"
     if requested not in installed_backends():
         module_name = FLASH_BACKENDS[requested][0]
-        raise ValueError(f"attention backend {requested!r} was forced but `{module_name}` is not installed")
+        raise ConfigError(f"{source}: attention backend {requested!r} was forced but `{module_name}` is not "
+                          f"installed here (installed: {', '.join(installed_backends())})")
     return requested
 
 

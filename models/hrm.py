@@ -11,7 +11,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from models.attention import resolve_backend
+from models.attention import BACKEND_CHOICES, resolve_backend
 from models.initializers import trunc_normal_init_
 from models.routing import Controller, RoutingCall, RoutingConfig, RoutingOutput, build_router, summarize_routing
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
@@ -45,13 +45,20 @@ class HRMArchConfig(pydantic.BaseModel):
     halt_max_steps: int = pydantic.Field(gt=0)
     halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
     forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    attention_backend: str = pydantic.Field("auto", description="auto | fa3 | fa2 | fa4 | sdpa")
+    attention_backend: Literal[BACKEND_CHOICES] = "auto"
     routing: RoutingConfig = RoutingConfig()
 
     @pydantic.model_validator(mode="after")
     def _heads_divide_hidden(self) -> "HRMArchConfig":
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        head_dim = self.hidden_size // self.num_heads
+        if self.pos_encodings == "rope" and head_dim % 2:
+            raise ValueError(f"rope needs an even head size: hidden_size / num_heads = {head_dim}")
+        topk = self.routing.topk
+        if self.routing.controller != "none" and topk is not None and topk > self.num_heads:
+            # The controllers choose the top-k of the heads.
+            raise ValueError(f"routing.topk ({topk}) must be at most num_heads ({self.num_heads})")
         return self
 
 

@@ -1,10 +1,12 @@
 """The YAML configs agree with the typed configs' defaults, and moved keys fail with a one-line pointer."""
 import os
+import re
 
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
+from models.attention import BACKEND_ENV_VAR, installed_backends, resolve_backend
 from models.config_validation import ConfigError
 from models.routing import RoutingConfig
 from training.config import load_config
@@ -62,3 +64,38 @@ def test_a_long_bad_value_is_shortened():
     with pytest.raises(ConfigError) as error:
         load_config(values)
     assert len(str(error.value)) <= 200 and "config.lr:" in str(error.value)  # not the 500-character value
+
+
+def with_arch(values, **arch):
+    return dict(values, arch=dict(values["arch"], **arch))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v: with_arch(v, routing={"controller": "classical", "topk": 9}, num_heads=8),
+     "config.arch: routing.topk (9) must be at most num_heads (8)"),
+    (lambda v: with_arch(v, hidden_size=24, num_heads=8),  # head size 3: RoPE rotates pairs
+     "config.arch: rope needs an even head size: hidden_size / num_heads = 3"),
+    (lambda v: with_arch(v, attention_backend="flash"), "config.arch.attention_backend: Input should be 'auto'"),
+    (lambda v: dict(v, seed=-1), "config.seed: Input should be greater than or equal to 0"),
+    (lambda v: dict(v, seed=2 ** 64), "config.seed: Input should be less than"),
+])
+def test_values_the_model_or_the_loader_would_reject_fail_at_start_up_naming_the_key(change, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(change(minimal_config()))
+
+
+def test_the_largest_seeds_torch_and_numpy_take_are_accepted():
+    assert load_config(dict(minimal_config(), seed=2 ** 63 - 1)).seed == 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("variable", [None, "fa3"])
+def test_a_forced_attention_backend_that_is_not_installed_is_a_config_error_naming_where_it_was_set(
+        variable, monkeypatch):
+    if "fa3" in installed_backends():
+        pytest.skip("FlashAttention 3 is installed here")
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+    if variable:
+        monkeypatch.setenv(BACKEND_ENV_VAR, variable)
+    with pytest.raises(ConfigError, match=f"^{BACKEND_ENV_VAR if variable else 'arch.attention_backend'}: "
+                                          "attention backend 'fa3' was forced but"):
+        resolve_backend("fa3")

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from dataset import build_arc_dataset, build_maze_dataset, build_ood_dataset, build_sudoku_dataset
 from dataset.common import DatasetBuildError, atomic_output_dir, dataset_fingerprint
 
 
@@ -123,3 +124,25 @@ def test_permission_denied_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(DatasetBuildError, match="cannot create a folder in .*: Permission denied"):
         with atomic_output_dir(str(tmp_path / "out")):
             pass
+
+
+@pytest.mark.parametrize("builder", [build_arc_dataset, build_maze_dataset, build_sudoku_dataset])
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32), "4e3"])
+def test_every_builder_refuses_a_seed_its_random_draws_cannot_take_before_building(builder, seed, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        builder.parse_args(["--output-dir", str(tmp_path / "out"), "--seed", seed])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --seed: ")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_the_ood_builder_refuses_a_bad_seed_in_every_command(seed, tmp_path, capsys):
+    for command in ("maze-size", "sudoku-givens", "subsample"):
+        with pytest.raises(SystemExit) as exit_info:
+            build_ood_dataset.parse_args([command, "--output-dir", str(tmp_path), "--seed", seed])
+        assert exit_info.value.code == 2 and "error: argument --seed: must be in 0..4294967295" in capsys.readouterr().err
+
+
+def test_a_builder_takes_the_largest_seed_numpy_takes():
+    assert build_sudoku_dataset.parse_args(["--seed", str(2 ** 32 - 1)]).seed == 2 ** 32 - 1

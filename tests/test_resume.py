@@ -1,6 +1,7 @@
 """Resume where the run lives: config checks, deliberate changes, finished and extended runs, no accidental
 overwrite, preemption by signal, and resume with another number of processes."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from models.config_validation import ConfigError
+from pretrain import hydra_quoted
 from training.distributed import DistributedContext
 from training.loop import run_training
 from training.preemption import TrainingInterrupted
@@ -59,7 +61,7 @@ def test_signal_saves_the_state_and_resume_in_place_equals_the_uninterrupted_run
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     message = str(stopped.value)
     assert "\n" not in message and "stopped by SIGTERM at step 7" in message
-    assert f"resume={run_dir}" in message
+    assert f"the training state is in {os.path.join(run_dir, 'train_state.pt')!r}" in message
     monkeypatch.undo()
 
     # resume= alone continues in the same folder: no new folder, one row per step, the resume recorded.
@@ -150,12 +152,33 @@ def test_ctrl_c_of_a_real_process_is_one_line_and_resumable(tiny_dataset, tmp_pa
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("stopped by SIGINT at step ") and "continue with: python pretrain.py resume=" in last
+    assert last.startswith("stopped by SIGINT at step ") and "continue with: python pretrain.py " in last
+    assert last.endswith(f"resume={hydra_quoted(run_dir)}'")
     assert "Traceback" not in stderr
     step = int(last.split("at step ")[1].split(";")[0])
     assert step == 12  # the step the SIGINT came after
     assert os.path.isfile(os.path.join(run_dir, "train_state.pt"))
     assert max(train_losses(read_metrics(run_dir))) == step
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_pasted_into_a_shell_finishes_the_run(tiny_dataset, tmp_path, finished_run):
+    _, uninterrupted = finished_run
+    run_dir = str(tmp_path / "runs with spaces" / "ünïcode 'run'")
+    args = [f"data_path={tiny_dataset}", *TINY_OVERRIDES, "checkpoint_every_eval=true",
+            f"checkpoint_path={hydra_quoted(run_dir)}"]
+    stopped = subprocess.run(pretrain_with_fault("sigint-after-step", 5, args), cwd=REPO_ROOT, env=ENV, text=True,
+                             capture_output=True, timeout=120)
+    assert stopped.returncode == 130, stopped.stderr
+    command = stopped.stderr.strip().splitlines()[-1].split("; continue with: ")[1]
+    assert "lr=0.001" not in command and "lr=1e-3" in command  # the run's own overrides, as given
+    pasted = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=ENV, text=True, capture_output=True,
+                            timeout=120)
+    assert pasted.returncode == 0, pasted.stderr
+    assert f"run finished at step 24: {shlex.quote(run_dir)}" in pasted.stdout
+    losses = train_losses(read_metrics(run_dir))
+    assert sorted(losses) == list(range(1, 25))
+    assert all(losses[step] == pytest.approx(uninterrupted[step], abs=1e-6) for step in losses)
 
 
 @pytest.mark.slow
@@ -191,3 +214,25 @@ def test_an_arch_saved_with_fewer_keys_is_the_same_typed_arch(tiny_dataset):
     saved["arch"]["rope_theta"] = 500.0
     with pytest.raises(ConfigError, match=r"arch.rope_theta: saved 500.0, now 10000.0"):
         compare_configs(saved, config, None, "unused")
+
+
+@pytest.mark.parametrize("change, arch, misfit", [
+    (["arch.hidden_size=64", "resume_allow_changes=[arch.hidden_size]"], "hrm_v1",
+     r"\(arch\.hidden_size: saved 32, now 64\): model\.\S+ has shape \(32,\) saved, \(64,\) now"),
+    (["resume_allow_changes=[arch]"], "hrm_poh",
+     r"\(arch\.routing\.controller: saved 'none', now 'hrm'[^)]*\): model\.inner\.\S+router\S+ is new in this model"),
+])
+def test_an_allowed_architecture_change_whose_weights_cannot_carry_over_is_one_line(
+        tiny_dataset, finished_run, change, arch, misfit):
+    run_dir, _ = finished_run
+    before = read_metrics(run_dir)
+    with pytest.raises(ConfigError, match="^resume: the saved weights cannot carry over to this architecture " + misfit):
+        run_training(make_config(tiny_dataset, f"resume={run_dir}", "epochs=6", *change, arch=arch), CPU)
+    assert read_metrics(run_dir) == before
+
+
+@pytest.mark.parametrize("key", ["plots=true", "fast_path=false", "log_interval=3", "project_name=renamed"])
+def test_keys_that_change_nothing_the_run_computes_change_freely_on_resume(tiny_dataset, finished_run, key, capsys):
+    run_dir, _ = finished_run
+    assert run_training(make_config(tiny_dataset, f"resume={run_dir}", key), CPU) is None  # finished: says so
+    assert "already finished" in capsys.readouterr().out

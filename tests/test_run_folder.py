@@ -1,13 +1,19 @@
-"""The run folder's files: train_state.pt of this version and of older ones, and metrics.jsonl with a torn line."""
+"""The run folder's files: train_state.pt of this version and of older ones, metrics.jsonl with a torn line, and
+the lock that keeps a second run out."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from training.run_folder import (TRAIN_STATE_VERSION, RunFolderError, SavedTrainState, read_metrics, read_train_state,
-                                 read_weights, write_train_state)
+from training.run_folder import (TRAIN_STATE_VERSION, RunFolderError, RunFolderLock, SavedTrainState, read_metrics,
+                                 read_train_state, read_weights, write_train_state)
 from training.train_state import TrainProgress
+
+from conftest import REPO_ROOT
+from tiny_runs import TINY_OVERRIDES, pretrain_in_process
 
 WEIGHTS = {"model.inner.H_init": torch.arange(3.0)}
 
@@ -60,3 +66,46 @@ def test_metrics_reader_skips_only_a_torn_last_line(tmp_path):
     path.write_text(json.dumps(rows[0]) + "\n" + '{"step": 30, "train/lm\n' + json.dumps(rows[1]) + "\n")
     with pytest.raises(RunFolderError, match=f"{os.path.basename(path)}, line 2: not valid JSON"):
         read_metrics(str(path))
+
+
+HOLD_LOCK = """
+import sys, time
+from training.run_folder import RunFolderLock
+lock = RunFolderLock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_run_into_a_locked_run_folder_is_refused_naming_the_holder(tmp_path, tiny_dataset, capsys,
+                                                                            monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_dir = str(tmp_path / "run")
+    with RunFolderLock(run_dir):
+        status, lines = pretrain_in_process([f"data_path={tiny_dataset}", *TINY_OVERRIDES,
+                                             f"checkpoint_path={run_dir}"], capsys)
+        assert status == 2
+        assert lines == [f"error: the run folder {run_dir} is in use by another run (process {os.getpid()} holds "
+                         f"run.lock); wait for it to end, or choose another checkpoint_path"]
+        assert os.listdir(run_dir) == ["run.lock"]  # the refused run wrote nothing
+    with RunFolderLock(run_dir):  # released: the next run may take it
+        pass
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
+    run_dir = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, run_dir], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match=f"process {holder.pid} holds run.lock"):
+            RunFolderLock(run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    with open(os.path.join(run_dir, "run.lock")) as f:
+        assert f.read().strip() == str(holder.pid)  # the stale holder's id is still written there
+    with RunFolderLock(run_dir) as lock:
+        with open(lock.path) as f:
+            assert f.read().strip() == str(os.getpid())

@@ -66,6 +66,24 @@ def read_metadata(config: PretrainConfig, split: str) -> PuzzleDatasetMetadata:
         raise _dataset_error(config, e) from None
 
 
+def check_splits_agree(config: PretrainConfig) -> None:
+    """The model is sized by the train split: the test split must have its sequence length, and tokens and
+    puzzle identifiers within its vocabulary and identifier count, or evaluation fails after a round."""
+    train, test = read_metadata(config, "train"), read_metadata(config, "test")
+    problems = []
+    if test.seq_len != train.seq_len:
+        problems.append(f"seq_len {test.seq_len}, the train split's {train.seq_len}")
+    if test.vocab_size > train.vocab_size:
+        problems.append(f"vocab_size {test.vocab_size}, more than the train split's {train.vocab_size}")
+    if test.num_puzzle_identifiers > train.num_puzzle_identifiers:
+        problems.append(f"num_puzzle_identifiers {test.num_puzzle_identifiers}, more than the train split's "
+                        f"{train.num_puzzle_identifiers}")
+    if problems:
+        hint = f"; rebuild it with: python {config.data_build_command}" if config.data_build_command else ""
+        raise ConfigError(f"data_path: the test split does not fit the train split "
+                          f"({dataset.format.metadata_file(config.data_path, 'test')}: {'; '.join(problems)}){hint}")
+
+
 def create_loader(config: PretrainConfig, split: str, ctx: DistributedContext, test_set_mode: bool,
                   epochs_per_iter: int, start_round: int = 0):
     """This rank's loader of `split` and its metadata; a bad dataset folder is a ConfigError with a hint."""

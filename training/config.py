@@ -33,7 +33,7 @@ class PretrainConfig(pydantic.BaseModel):
     project_name: Optional[str] = None
     run_name: Optional[str] = None
     checkpoint_path: Optional[str] = None
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0, lt=2 ** 63)  # each rank seeds torch with seed + rank: below 2**64
     checkpoint_every_eval: bool = False
     eval_interval: Optional[int] = pydantic.Field(None, gt=0)
     eval_save_outputs: List[str] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -16,7 +15,8 @@ from dataset.format import PuzzleDatasetMetadata
 from dataset.puzzle_dataset import train_batches
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
-from training.build import create_loader, create_model, ensure_dataset, read_metadata
+from models.config_validation import ConfigError
+from training.build import check_splits_agree, create_loader, create_model, ensure_dataset, read_metadata
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
@@ -48,6 +48,20 @@ def steps_that_will_run(config: PretrainConfig, total_steps: int) -> int:
     often fewer than `total_steps`), at most `total_steps`."""
     return train_batches(config.data_path, "train", config.seed, config.global_batch_size, config.epochs_per_round,
                          config.num_rounds, at_most=total_steps)
+
+
+def refuse_empty_run(config: PretrainConfig, metadata: PuzzleDatasetMetadata, steps: int) -> None:
+    """A run that would take no step would only report success: say which numbers make it empty."""
+    if steps > 0:
+        return
+    if not metadata.sets:
+        raise ConfigError(f"data_path: the train split of {config.data_path!r} has no sets: the run would take 0 steps")
+    examples = metadata.total_groups * metadata.mean_puzzle_examples * config.epochs_per_round
+    separately = f" (its {len(metadata.sets)} sets are drawn separately)" if len(metadata.sets) > 1 else ""
+    raise ConfigError(f"the run would take 0 steps: global_batch_size ({config.global_batch_size}) is more than "
+                      f"a round of the train split yields{separately}: {examples:g} examples = {metadata.total_groups} "
+                      f"groups x {metadata.mean_puzzle_examples:g} examples x {config.epochs_per_round} epoch(s) per "
+                      f"round; lower global_batch_size or train more epochs per round")
 
 
 def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> TrainState:
@@ -118,6 +132,7 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
     source_dir = run_folder.run_folder_of(config.resume)
     if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path):
         resume.prepare_new_run_folder(config, clear=ctx.is_main)  # continuing elsewhere: no run there
+    resume.check_weights_carry_over(saved, state, changes)
     checkpointing.restore_train_state(saved, state, ctx)
     record = {"step": state.progress.step, "event": "resume", "from": state_path,
               "processes": [saved.world_size, ctx.world_size],
@@ -129,17 +144,43 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
         dist.barrier()
 
 
+def lock_run_folder(run_dir: str, ctx: DistributedContext) -> contextlib.AbstractContextManager:
+    """Rank 0 locks the run folder for the run's life; every rank learns whether it could, so a refusal
+    stops them all."""
+    lock, refusal = contextlib.nullcontext(), [None]
+    if ctx.is_main:
+        try:
+            lock = run_folder.RunFolderLock(run_dir)
+        except run_folder.RunFolderError as e:
+            refusal = [str(e)]
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise run_folder.RunFolderError(refusal[0])
+    return lock
+
+
 def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[FinishedRun]:
     """Train for `epochs` in rounds of `eval_interval` epochs, evaluating after each; None when the run had
     already finished.
 
     SIGTERM or SIGINT stops after the current step (with several processes, within `log_interval` steps),
-    saves the full state and raises TrainingInterrupted.
+    saves the full state and raises TrainingInterrupted. The run folder stays locked while the run lasts:
+    a second run into it is refused.
     """
     ensure_dataset(config, ctx)
+    check_splits_agree(config)
+    metadata = read_metadata(config, "train")
+    refuse_empty_run(config, metadata, steps_that_will_run(config, total_train_steps(config, metadata)))
+    with lock_run_folder(config.checkpoint_path, ctx):
+        return train_in_run_folder(config, ctx, metadata)
+
+
+def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext,
+                        metadata: PuzzleDatasetMetadata) -> Optional[FinishedRun]:
     torch.manual_seed(config.seed + ctx.rank)
     fingerprint = resume.config_fingerprint(config)
-    state = create_train_state(config, read_metadata(config, "train"), ctx)
+    state = create_train_state(config, metadata, ctx)
     start_or_resume(config, state, ctx, fingerprint)
     progress = state.progress
     if progress.rounds_done >= config.num_rounds:
@@ -172,8 +213,7 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Fi
             logger.close()
         name = signal.Signals(stop.signum).name
         return TrainingInterrupted(stop.signum, f"stopped by {name} at step {progress.step}; the training state is "
-                                                f"in {path!r}; continue with: python pretrain.py "
-                                                f"resume={shlex.quote(config.checkpoint_path)}")
+                                                f"in {path!r}")
 
     eval_metrics = None
     with StopRequest() as stop:

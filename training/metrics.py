@@ -66,7 +66,10 @@ class TrainMetrics:
         self.steps += 1
 
     def reduce(self, ctx: DistributedContext, global_batch_size: int) -> Optional[Dict[str, float]]:
-        """Rank 0 gets `train/<name>` figures since the last call (other ranks get them too, unreduced)."""
+        """Rank 0 gets `train/<name>` figures since the last call (other ranks get them too, unreduced).
+
+        The per-sequence figures (accuracies, steps) are averages over the sequences that halted: in an
+        interval where none did, they are left out, since no sequence stands behind them (not 0.0)."""
         if self.total is None:
             return None
         total = self.total
@@ -74,11 +77,11 @@ class TrainMetrics:
             dist.reduce(total, dst=0)
         values = dict(zip(self.names, total.tolist()))
         steps, self.total, self.steps = self.steps, None, 0
-        divisors = {Reduction.PER_SEQUENCE: max(values["count"], 1),
+        divisors = {Reduction.PER_SEQUENCE: values["count"],
                     Reduction.PER_EXAMPLE: global_batch_size * steps,
                     Reduction.MEAN: steps * ctx.world_size}
         return {TRAIN_PREFIX + name: values[name] / divisors[reduction]
-                for name, reduction in zip(self.names, self.reductions)}
+                for name, reduction in zip(self.names, self.reductions) if divisors[reduction]}
 
 
 class EvalMetrics:

@@ -8,16 +8,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from dataset.common import dataset_fingerprint
 from models import parse_arch
+from models.checkpoint import strip_compiled_prefix
 from models.config_validation import ConfigError
 from training import run_folder
 from training.config import PretrainConfig
+from training.run_folder import SavedTrainState
+from training.train_state import TrainState
 
 # Config keys that never change what a run computes: where it is written, how often it logs and saves,
-# and how it is compiled. `epochs` may grow to extend a run (README: "Resume"); `data_path` may move, as
+# whether it draws plots, and how it is compiled. `epochs` may grow to extend a run (README: "Resume"); `data_path` may move, as
 # long as the dataset's contents (its fingerprint) stay the same.
 # `eval_interval` may change only as far as the epochs per round (which order the data) stay the same.
 KEYS_FREE_TO_CHANGE = {"project_name", "run_name", "checkpoint_path", "resume", "resume_allow_changes",
-                       "overwrite_run", "compile", "log_interval", "checkpoint_interval", "checkpoint_every_eval",
+                       "overwrite_run", "compile", "fast_path", "plots", "log_interval", "checkpoint_interval", "checkpoint_every_eval",
                        "eval_save_outputs", "data_build_command", "auto_build_data", "epochs", "eval_interval",
                        "data_path"}
 
@@ -99,6 +102,36 @@ def compare_configs(saved: Dict[str, Any], config: PretrainConfig, saved_fingerp
         raise ConfigError(f"resume: the config differs from the saved run's ({listed}); to change "
                           f"{'it' if len(refused) == 1 else 'them'} on purpose add resume_allow_changes=[{keys}]")
     return differences
+
+
+def _first_misfit(saved: SavedTrainState, state: TrainState) -> Optional[str]:
+    """The first saved tensor or optimizer group that has no place of its shape in this run's model."""
+    saved_weights, weights = strip_compiled_prefix(saved.model), state.base_model.state_dict()
+    for key in sorted(set(saved_weights) | set(weights)):
+        if key not in weights:
+            return f"{key} is saved but this model has none"
+        if key not in saved_weights:
+            return f"{key} is new in this model"
+        if saved_weights[key].shape != weights[key].shape:
+            return f"{key} has shape {tuple(saved_weights[key].shape)} saved, {tuple(weights[key].shape)} now"
+    saved_groups = [[len(group["params"]) for group in optimizer["param_groups"]] for optimizer in saved.optimizers]
+    groups = [[len(group["params"]) for group in optimizer.param_groups] for optimizer in state.optimizers]
+    if saved_groups != groups:
+        return f"the optimizers' parameter groups hold {saved_groups} tensors saved, {groups} now"
+    return None
+
+
+def check_weights_carry_over(saved: SavedTrainState, state: TrainState, changes: Dict[str, Tuple[Any, Any]]) -> None:
+    """An architecture change allowed on resume (resume_allow_changes) must keep every weight's shape, or the
+    saved weights cannot carry over: one line names the change and the first tensor that differs."""
+    misfit = _first_misfit(saved, state)
+    if misfit is None:
+        return
+    arch_changes = "; ".join(f"{key}: saved {old!r}, now {new!r}" for key, (old, new) in changes.items()
+                             if key.startswith("arch."))
+    raise ConfigError(f"resume: the saved weights cannot carry over to this architecture"
+                      f"{f' ({arch_changes})' if arch_changes else ''}: {misfit}; resume without the change, "
+                      f"or train this architecture in a new run")
 
 
 def config_fingerprint(config: PretrainConfig) -> str:

@@ -1,6 +1,7 @@
 """The run folder `checkpoints/<project>/<run>/`: the names of its files, and reading and writing each of them.
 
-It holds `all_config.yaml` (the run's config), `step_N` (the model's state dict, loadable by the reference
+While a run writes into it, it holds `run.lock`, locked by that run's process. It holds `all_config.yaml`
+(the run's config), `step_N` (the model's state dict, loadable by the reference
 release), `train_state.pt` (all that resume needs), `metrics.jsonl` (one row per log), the saved evaluation
 outputs `step_N_all_preds.<rank>` and the routing logs `routing_N.jsonl`. Every file is written under a
 temporary name and renamed into place, so a crash never leaves a torn file.
@@ -8,6 +9,7 @@ temporary name and renamed into place, so a crash never leaves a torn file.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ __all__ = ["FileWriteError", "append_text", "atomic_path", "write_text"]  # the 
 CONFIG_FILE = "all_config.yaml"
 TRAIN_STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "run.lock"
 # What a new run deletes from a folder it may overwrite: the files runs write, and temporary leftovers.
 RUN_FILE_PATTERNS = ("step_*", TRAIN_STATE_FILE, CONFIG_FILE, METRICS_FILE, "routing_*.jsonl", "*.tmp")
 # The files that make a folder hold a run (one that died before its first save left neither).
@@ -80,6 +83,42 @@ def make_run_folder(run_dir: str) -> None:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
         raise RunFolderError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run.lock
+
+class RunFolderLock:
+    """An exclusive lock on a run folder for the life of a run, so two runs never write into one folder.
+
+    It is an `flock` on `run.lock`, which holds the holder's process id for the refusal message. The kernel
+    drops the lock when its process ends, however it ends: a lock left by a killed run never blocks."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        make_run_folder(run_dir)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"cannot create the lock file {self.path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self._fd)
+            raise RunFolderError(f"the run folder {run_dir} is in use by another run (process {holder} holds "
+                                 f"{LOCK_FILE}); wait for it to end, or choose another checkpoint_path") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the only descriptor drops the lock
+
+    def __enter__(self) -> "RunFolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ---------------------------------------------------------------------------------------------------------
