@@ -72,10 +72,10 @@ def with_arch(values, **arch):
 
 @pytest.mark.parametrize("change, message", [
     (lambda v: with_arch(v, routing={"controller": "classical", "topk": 9}, num_heads=8),
-     "config.arch: routing.topk (9) must be at most num_heads (8)"),
+     "invalid config: arch: routing.topk (9) must be at most num_heads (8)"),
     (lambda v: with_arch(v, hidden_size=24, num_heads=8),  # head size 3: RoPE rotates pairs
-     "config.arch: rope needs an even head size: hidden_size / num_heads = 3"),
-    (lambda v: with_arch(v, attention_backend="flash"), "config.arch.attention_backend: Input should be 'auto'"),
+     "invalid config: arch: rope needs an even head size: hidden_size / num_heads = 3"),
+    (lambda v: with_arch(v, attention_backend="flash"), "arch.attention_backend: Input should be 'auto'"),
     (lambda v: dict(v, seed=-1), "config.seed: Input should be greater than or equal to 0"),
     (lambda v: dict(v, seed=2 ** 64), "config.seed: Input should be less than"),
 ])
