@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from models.attention import BACKEND_ENV_VAR, installed_backends, resolve_backend
+from models import parse_arch
 from models.config_validation import ConfigError
 from models.routing import RoutingConfig
 from training.config import load_config
@@ -72,10 +73,10 @@ def with_arch(values, **arch):
 
 @pytest.mark.parametrize("change, message", [
     (lambda v: with_arch(v, routing={"controller": "classical", "topk": 9}, num_heads=8),
-     "config.arch: routing.topk (9) must be at most num_heads (8)"),
+     "arch: routing.topk (9) must be at most num_heads (8)"),
     (lambda v: with_arch(v, hidden_size=24, num_heads=8),  # head size 3: RoPE rotates pairs
-     "config.arch: rope needs an even head size: hidden_size / num_heads = 3"),
-    (lambda v: with_arch(v, attention_backend="flash"), "config.arch.attention_backend: Input should be 'auto'"),
+     "arch: rope needs an even head size: hidden_size / num_heads = 3"),
+    (lambda v: with_arch(v, attention_backend="flash"), "arch.attention_backend: Input should be 'auto'"),
     (lambda v: dict(v, seed=-1), "config.seed: Input should be greater than or equal to 0"),
     (lambda v: dict(v, seed=2 ** 64), "config.seed: Input should be less than"),
 ])
@@ -99,3 +100,12 @@ def test_a_forced_attention_backend_that_is_not_installed_is_a_config_error_nami
     with pytest.raises(ConfigError, match=f"^{BACKEND_ENV_VAR if variable else 'arch.attention_backend'}: "
                                           "attention backend 'fa3' was forced but"):
         resolve_backend("fa3")
+
+
+def test_the_trm_arch_block_checks_its_head_size_and_attention_backend_too():
+    arch = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO_ROOT, "config", "arch", "trm.yaml")), resolve=True)
+    arch.pop("defaults", None)
+    for change, message in ((dict(hidden_size=24, num_heads=8, pos_encodings="rope"), "rope needs an even head size"),
+                            (dict(attention_backend="flash"), "arch.attention_backend: Input should be 'auto'")):
+        with pytest.raises(ConfigError, match=message):
+            parse_arch(dict(arch, **change))
