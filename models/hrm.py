@@ -14,7 +14,8 @@ from torch import nn
 from models.attention import BACKEND_CHOICES, resolve_backend
 from models.initializers import trunc_normal_init_
 from models.routing import Controller, RoutingCall, RoutingConfig, RoutingOutput, build_router, summarize_routing
-from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
+from models.layers import (Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, check_head_sizes,
+                           rms_norm)
 from models.sparse_embedding import CastedSparseEmbedding
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,7 @@ class HRMArchConfig(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _heads_divide_hidden(self) -> "HRMArchConfig":
-        if self.hidden_size % self.num_heads != 0:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        head_dim = self.hidden_size // self.num_heads
-        if self.pos_encodings == "rope" and head_dim % 2:
-            raise ValueError(f"rope needs an even head size: hidden_size / num_heads = {head_dim}")
+        check_head_sizes(self.hidden_size, self.num_heads, self.pos_encodings)
         topk = self.routing.topk
         if self.routing.controller != "none" and topk is not None and topk > self.num_heads:
             # The controllers choose the top-k of the heads.

@@ -18,6 +18,15 @@ from models.initializers import trunc_normal_init_
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
 
+def check_head_sizes(hidden_size: int, num_heads: int, pos_encodings: str) -> None:
+    """The heads must split `hidden_size` evenly, and RoPE rotates pairs of a head's dimensions: a ValueError
+    naming the sizes otherwise (config validators call it, so the config fails before the model is built)."""
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    if pos_encodings == "rope" and (hidden_size // num_heads) % 2:
+        raise ValueError(f"rope needs an even head size: hidden_size / num_heads = {hidden_size // num_heads}")
+
+
 class CastedLinear(nn.Module):
     """Linear layer with truncated-normal weights of std 1/sqrt(in), cast to the input dtype on use."""
 

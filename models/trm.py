@@ -13,7 +13,8 @@ from torch import nn
 
 from models.hrm import (Batch, DatasetSizes, HierarchicalReasoningModel, HierarchicalReasoningModelACT, InnerCarry,
                         initial_state)
-from models.layers import Attention, CosSin, SwiGLU, rms_norm
+from models.attention import BACKEND_CHOICES
+from models.layers import Attention, CosSin, SwiGLU, check_head_sizes, rms_norm
 
 
 class TRMArchConfig(pydantic.BaseModel):
@@ -36,7 +37,7 @@ class TRMArchConfig(pydantic.BaseModel):
     halt_max_steps: int = pydantic.Field(gt=0)
     halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
     forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    attention_backend: str = pydantic.Field("auto", description="auto | fa3 | fa2 | fa4 | sdpa")
+    attention_backend: Literal[BACKEND_CHOICES] = "auto"
     mlp_t: bool = pydantic.Field(False, description="mix positions with an MLP over the sequence, not attention")
     puzzle_emb_len: int = pydantic.Field(16, ge=0, description="positions of the puzzle embedding; 0: "
                                                                "ceil(puzzle_emb_ndim / hidden_size)")
@@ -44,8 +45,7 @@ class TRMArchConfig(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _consistent_sizes(self) -> "TRMArchConfig":
-        if self.hidden_size % self.num_heads != 0:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        check_head_sizes(self.hidden_size, self.num_heads, self.pos_encodings)
         # The release accepts this and then fails on a shape mismatch in its first forward.
         if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden_size > 0:
             raise ValueError(f"puzzle_emb_ndim ({self.puzzle_emb_ndim}) does not fit in puzzle_emb_len "

@@ -141,7 +141,8 @@ def test_the_ood_builder_refuses_a_bad_seed_in_every_command(seed, tmp_path, cap
     for command in ("maze-size", "sudoku-givens", "subsample"):
         with pytest.raises(SystemExit) as exit_info:
             build_ood_dataset.parse_args([command, "--output-dir", str(tmp_path), "--seed", seed])
-        assert exit_info.value.code == 2 and "error: argument --seed: must be in 0..4294967295" in capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert "error: argument --seed: must be in 0..4294967295" in capsys.readouterr().err
 
 
 def test_a_builder_takes_the_largest_seed_numpy_takes():

@@ -226,7 +226,8 @@ def test_an_allowed_architecture_change_whose_weights_cannot_carry_over_is_one_l
         tiny_dataset, finished_run, change, arch, misfit):
     run_dir, _ = finished_run
     before = read_metrics(run_dir)
-    with pytest.raises(ConfigError, match="^resume: the saved weights cannot carry over to this architecture " + misfit):
+    refusal = "^resume: the saved weights cannot carry over to this architecture "
+    with pytest.raises(ConfigError, match=refusal + misfit):
         run_training(make_config(tiny_dataset, f"resume={run_dir}", "epochs=6", *change, arch=arch), CPU)
     assert read_metrics(run_dir) == before
 

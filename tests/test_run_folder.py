@@ -2,6 +2,7 @@
 the lock that keeps a second run out."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -69,10 +70,12 @@ def test_metrics_reader_skips_only_a_torn_last_line(tmp_path):
 
 
 HOLD_LOCK = """
-import sys, time
+import multiprocessing, sys, time
 from training.run_folder import RunFolderLock
 lock = RunFolderLock(sys.argv[1])
-print("locked", flush=True)
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))  # as a data-loader worker
+worker.start()
+print(worker.pid, flush=True)
 time.sleep(120)
 """
 
@@ -88,24 +91,28 @@ def test_a_second_run_into_a_locked_run_folder_is_refused_naming_the_holder(tmp_
         assert lines == [f"error: the run folder {run_dir} is in use by another run (process {os.getpid()} holds "
                          f"run.lock); wait for it to end, or choose another checkpoint_path"]
         assert os.listdir(run_dir) == ["run.lock"]  # the refused run wrote nothing
+    assert not os.path.exists(run_dir)  # the lock made the folder and nothing else was written: both gone
     with RunFolderLock(run_dir):  # released: the next run may take it
         pass
 
 
 @pytest.mark.slow
-def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
+def test_a_lock_left_by_a_killed_run_does_not_block_even_while_its_workers_live(tmp_path):
     run_dir = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, run_dir], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    worker = int(holder.stdout.readline())
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderError, match=f"process {holder.pid} holds run.lock"):
             RunFolderLock(run_dir)
-    finally:
         holder.kill()
         holder.wait()
-    with open(os.path.join(run_dir, "run.lock")) as f:
-        assert f.read().strip() == str(holder.pid)  # the stale holder's id is still written there
-    with RunFolderLock(run_dir) as lock:
-        with open(lock.path) as f:
-            assert f.read().strip() == str(os.getpid())
+        with open(os.path.join(run_dir, "run.lock")) as f:
+            assert f.read().strip() == str(holder.pid)  # the killed holder's id is still written there
+        os.kill(worker, 0)  # its forked worker still lives
+        with RunFolderLock(run_dir) as lock:
+            with open(lock.path) as f:
+                assert f.read().strip() == str(os.getpid())
+    finally:
+        holder.kill()
+        os.kill(worker, signal.SIGKILL)

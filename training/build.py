@@ -16,7 +16,7 @@ from torch import nn
 import dataset
 import dataset.format
 from dataset.format import DatasetFormatError, PuzzleDatasetMetadata
-from dataset.puzzle_dataset import create_dataloader
+from dataset.puzzle_dataset import create_dataloader, train_batches
 from models import build_model
 from models.config_validation import ConfigError
 from training.config import PretrainConfig
@@ -82,6 +82,15 @@ def check_splits_agree(config: PretrainConfig) -> None:
         hint = f"; rebuild it with: python {config.data_build_command}" if config.data_build_command else ""
         raise ConfigError(f"data_path: the test split does not fit the train split "
                           f"({dataset.format.metadata_file(config.data_path, 'test')}: {'; '.join(problems)}){hint}")
+
+
+def count_train_batches(config: PretrainConfig, at_most: int) -> int:
+    """The batches the run's rounds of the train split yield, up to `at_most` (`train_batches`)."""
+    try:
+        return train_batches(config.data_path, "train", config.seed, config.global_batch_size, config.epochs_per_round,
+                             config.num_rounds, at_most=at_most)
+    except DatasetFormatError as e:
+        raise _dataset_error(config, e) from None
 
 
 def create_loader(config: PretrainConfig, split: str, ctx: DistributedContext, test_set_mode: bool,

@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 
 from dataset.format import PuzzleDatasetMetadata
-from dataset.puzzle_dataset import train_batches
+from models.config_validation import ConfigError
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
-from models.config_validation import ConfigError
-from training.build import check_splits_agree, create_loader, create_model, ensure_dataset, read_metadata
+from training.build import (check_splits_agree, count_train_batches, create_loader, create_model, ensure_dataset,
+                            read_metadata)
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
@@ -46,8 +46,7 @@ def total_train_steps(config: PretrainConfig, metadata: PuzzleDatasetMetadata) -
 def steps_that_will_run(config: PretrainConfig, total_steps: int) -> int:
     """What the progress bar counts to: the batches the rounds yield (each drops its last short batch, so
     often fewer than `total_steps`), at most `total_steps`."""
-    return train_batches(config.data_path, "train", config.seed, config.global_batch_size, config.epochs_per_round,
-                         config.num_rounds, at_most=total_steps)
+    return count_train_batches(config, at_most=total_steps)
 
 
 def refuse_empty_run(config: PretrainConfig, metadata: PuzzleDatasetMetadata, steps: int) -> None:

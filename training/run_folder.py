@@ -8,6 +8,7 @@ temporary name and renamed into place, so a crash never leaves a torn file.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -92,27 +93,54 @@ class RunFolderLock:
     """An exclusive lock on a run folder for the life of a run, so two runs never write into one folder.
 
     It is an `flock` on `run.lock`, which holds the holder's process id for the refusal message. The kernel
-    drops the lock when its process ends, however it ends: a lock left by a killed run never blocks."""
+    drops the lock when its process ends, however it ends: a lock left by a killed run never blocks. Forked
+    children (data-loader workers) close their copy, so they never keep the lock past the run. Release
+    removes the lock file, and the folder too if the lock made it and nothing else was written there."""
 
     def __init__(self, run_dir: str):
-        self.path = os.path.join(run_dir, LOCK_FILE)
+        self.run_dir, self.path = run_dir, os.path.join(run_dir, LOCK_FILE)
+        self._made_folder = not os.path.isdir(run_dir)
         make_run_folder(run_dir)
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunFolderError(f"cannot create the lock file {self.path}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(self._fd)
-            raise RunFolderError(f"the run folder {run_dir} is in use by another run (process {holder} holds "
-                                 f"{LOCK_FILE}); wait for it to end, or choose another checkpoint_path") from None
+        self._fd: Optional[int] = self._lock()
+        os.register_at_fork(after_in_child=self._close_in_child)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
 
+    def _lock(self) -> int:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunFolderError(f"cannot create the lock file {self.path}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunFolderError(f"the run folder {self.run_dir} is in use by another run (process {holder} "
+                                     f"holds {LOCK_FILE}); wait for it to end, or choose another "
+                                     f"checkpoint_path") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed that file on release: lock the one at the path now
+
+    def _close_in_child(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the parent's descriptor keeps the lock
+            self._fd = None
+
     def release(self) -> None:
-        os.close(self._fd)  # closing the only descriptor drops the lock
+        if self._fd is None:
+            return
+        os.remove(self.path)  # while still locked, so no other run holds the file being removed
+        os.close(self._fd)
+        self._fd = None
+        if self._made_folder:
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                os.rmdir(self.run_dir)
 
     def __enter__(self) -> "RunFolderLock":
         return self
