@@ -66,10 +66,11 @@ def read_metadata(config: PretrainConfig, split: str) -> PuzzleDatasetMetadata:
         raise _dataset_error(config, e) from None
 
 
-def check_splits_agree(config: PretrainConfig) -> None:
-    """The model is sized by the train split: the test split must have its sequence length, and tokens and
-    puzzle identifiers within its vocabulary and identifier count, or evaluation fails after a round."""
-    train, test = read_metadata(config, "train"), read_metadata(config, "test")
+def check_splits_agree(config: PretrainConfig, train: PuzzleDatasetMetadata) -> None:
+    """The model is sized by the train split (`train`, its metadata): the test split must have its sequence
+    length, and tokens and puzzle identifiers within its vocabulary and identifier count, or evaluation fails
+    after a round."""
+    test = read_metadata(config, "test")
     problems = []
     if test.seq_len != train.seq_len:
         problems.append(f"seq_len {test.seq_len}, the train split's {train.seq_len}")

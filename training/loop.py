@@ -168,15 +168,17 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Fi
     a second run into it is refused.
     """
     ensure_dataset(config, ctx)
-    check_splits_agree(config)
     metadata = read_metadata(config, "train")
-    refuse_empty_run(config, metadata, steps_that_will_run(config, total_train_steps(config, metadata)))
+    check_splits_agree(config, metadata)
+    # Counted once: for sets of varying puzzle sizes (ARC) it replays every round's puzzle draws.
+    steps_to_run = steps_that_will_run(config, total_train_steps(config, metadata))
+    refuse_empty_run(config, metadata, steps_to_run)
     with lock_run_folder(config.checkpoint_path, ctx):
-        return train_in_run_folder(config, ctx, metadata)
+        return train_in_run_folder(config, ctx, metadata, steps_to_run)
 
 
-def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext,
-                        metadata: PuzzleDatasetMetadata) -> Optional[FinishedRun]:
+def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadata: PuzzleDatasetMetadata,
+                        steps_to_run: int) -> Optional[FinishedRun]:
     torch.manual_seed(config.seed + ctx.rank)
     fingerprint = resume.config_fingerprint(config)
     state = create_train_state(config, metadata, ctx)
@@ -195,7 +197,7 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext,
     if ctx.is_main:
         run_folder.write_config(config.checkpoint_path, config.model_dump())
         logger = MetricsLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(),
-                               total_steps=steps_that_will_run(config, state.total_steps),
+                               total_steps=steps_to_run,
                                initial_step=progress.step,
                                tokens_per_step=config.global_batch_size * eval_metadata.seq_len)
         logger.log({"num_params": sum(p.numel() for p in state.base_model.parameters())}, step=progress.step)
