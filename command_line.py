@@ -7,6 +7,7 @@ scripts) may raise its errors and parse its arguments with it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, NoReturn, Optional
 
@@ -41,7 +42,21 @@ def exit_status(run: Callable[[], Optional[int]]) -> int:
     return status or 0
 
 
+def flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
+os.register_at_fork(before=flush_standard_streams)
+
+
 def run_cli(main: Callable[[], Optional[int]]) -> NoReturn:
     """Entry point of every script: exit with main's status, or with one `error:` line and status 2 on a
-    UserError (the argument parser exits the same way on its own)."""
+    UserError (the argument parser exits the same way on its own).
+
+    Output redirected to a file, as on a cluster, is written line by line, and nothing is pending when a
+    process forks: a child that inherits unwritten output writes it a second time when it exits."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     sys.exit(exit_status(main))

@@ -1,5 +1,7 @@
 """The command-line convention: every input error is a UserError, reported as one `error:` line with exit
 status 2; the argument parser fails the same way; no script exits at import."""
+import os
+import subprocess
 import sys
 
 import pytest
@@ -18,6 +20,8 @@ from puzzle_tools.sweep import SweepError
 from puzzle_tools.tool_io import ToolInputError
 from training.run_folder import RunFolderError
 from training.preemption import TrainingInterrupted
+
+from conftest import REPO_ROOT
 
 
 def raising(error):
@@ -58,6 +62,29 @@ def test_status_passes_through(capsys):
     with pytest.raises(RuntimeError):  # a bug keeps its traceback
         exit_status(raising(RuntimeError("boom")))
     assert capsys.readouterr().err == "error: --seeds 0 0: a seed is listed twice\n"
+
+
+FORKING_SCRIPT = """
+import os, sys
+from command_line import run_cli
+def main():
+    print("run finished")
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # the child exits through Python, which writes out what its copy of stdout holds
+    os.waitpid(pid, 0)
+run_cli(main)
+"""
+
+
+def test_output_redirected_to_a_file_is_written_once_across_a_fork(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as on a cluster
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")])
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stdout:
+        subprocess.run([sys.executable, "-c", FORKING_SCRIPT], stdout=stdout, stderr=subprocess.STDOUT, env=env,
+                       check=True, timeout=60)
+    assert log.read_text() == "run finished\n"
 
 
 def test_parser_mistakes_are_one_line(capsys):
