@@ -13,6 +13,7 @@ from training.build import create_model, read_metadata
 from training.distributed import DistributedContext
 from training.init_from import init_from_checkpoint
 from training.loop import create_train_state, run_training, train_step
+from training.train_state import TrainProgress
 
 from tiny_runs import make_config, read_metrics, write_tiny_dataset
 
@@ -158,3 +159,18 @@ def test_a_run_from_a_checkpoint_records_its_identifiers_and_a_resume_keeps_its_
                  CPU)
     assert "init_from" not in capsys.readouterr().out
     assert [row["step"] for row in read_metrics(run_dir) if "all/accuracy" in row] == [12, 24]
+
+
+def test_a_training_state_of_an_ema_run_gives_its_weight_average(datasets, tmp_path):
+    old, new = datasets
+    _, weights = save_checkpoint(tmp_path, old)
+    model = model_for(old)
+    average = [torch.full_like(p, 0.5) for p in model.parameters()]
+    run_folder.write_train_state(str(tmp_path), run_folder.SavedTrainState(
+        model=weights, optimizers=[], progress=TrainProgress(step=7), per_rank=[], config={}, data_fingerprint=None,
+        ema={"shadow": average}))
+    model = model_for(new)
+    loaded = init_from_checkpoint(model, str(tmp_path / "train_state.pt"), None, new)
+    assert (loaded.copied_rows, loaded.new_rows) == (3, 2)
+    assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in model.parameters())  # the average, not `weights`
+    assert model.state_dict()[EMBEDDING][:, 0].tolist() == pytest.approx([1.1, 4.1, 0, 2.1, 0])  # never averaged
