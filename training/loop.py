@@ -15,18 +15,18 @@ from dataset.format import IDENTIFIERS_FILE, PuzzleDatasetMetadata, read_identif
 from models.config_validation import ConfigError
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
+from training.arc_score import ArcScorer
+from training.best_checkpoint import BestCheckpoint
 from training.build import (check_splits_agree, count_train_batches, create_loader, create_model, ensure_dataset,
                             read_metadata)
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
-from training.arc_score import ArcScorer
-from training.best_checkpoint import BestCheckpoint
 from training.evaluation import evaluate_and_score
 from training.fast_path import prepare_model
+from training.init_from import init_from_checkpoint
 from training.metrics import TrainMetrics, arc_metrics
 from training.metrics_log import MetricsLogger, flatten_eval_metrics, format_evaluation
-from training.init_from import init_from_checkpoint
 from training.optimization import build_optimizers, freeze_network, learning_rate
 from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
