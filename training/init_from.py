@@ -60,16 +60,16 @@ def dataset_identifiers(data_path: str, num_rows: int) -> Optional[List[str]]:
 def matched_rows(saved: torch.Tensor, fresh: torch.Tensor, saved_names: List[str],
                  names: List[str]) -> Tuple[torch.Tensor, int]:
     """The table for `names`: each name's row from `saved` (rows named `saved_names`) where it has one, else
-    its row of `fresh`; and the number of rows taken from `saved`. A name listed twice in `saved_names` takes
-    its first row."""
+    its row of `fresh`, which is filled in place (the table can be gigabytes); and the number of rows taken
+    from `saved`. A name listed twice in `saved_names` takes its first row."""
     saved_row = {}
     for row, name in enumerate(saved_names):
         saved_row.setdefault(name, row)
     rows = [(row, saved_row[name]) for row, name in enumerate(names) if name in saved_row]
-    table = fresh.detach().clone()
+    table = fresh.detach()
     if rows:
         new_index, saved_index = (torch.tensor(index) for index in zip(*rows))
-        table[new_index] = saved[saved_index].to(table.dtype)
+        table[new_index.to(table.device)] = saved[saved_index].to(table.device, table.dtype)
     return table, len(rows)
 
 
