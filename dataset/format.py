@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Type
 
 import numpy as np
 import pydantic
@@ -170,10 +170,15 @@ def read_metadata(dataset_dir: str, split: str) -> PuzzleDatasetMetadata:
 
 def read_identifiers(dataset_dir: str) -> List[str]:
     """`identifiers.json`: identifier id -> name (`<blank>` for the blank id)."""
-    path = os.path.join(dataset_dir, IDENTIFIERS_FILE)
-    names = read_json(path, DatasetFormatError)
+    return read_identifier_list(os.path.join(dataset_dir, IDENTIFIERS_FILE))
+
+
+def read_identifier_list(path: str, error: Type[UserError] = DatasetFormatError) -> List[str]:
+    """An `identifiers.json` file anywhere (a dataset's, or the copy a run folder keeps); a fault raises `error`
+    naming the file."""
+    names = read_json(path, error)
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise DatasetFormatError(f"{path}: must be a list of identifier names")
+        raise error(f"{path}: must be a list of identifier names")
     return names
 
 

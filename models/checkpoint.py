@@ -1,7 +1,7 @@
 """Loading a state dict (ours or the reference release's, compiled or not) into a model."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Set
+from typing import Dict, List, Mapping, Optional, Set
 
 import torch
 from torch import nn
@@ -26,6 +26,14 @@ def routing_keys(model: nn.Module) -> Set[str]:
     routers = {id(router) for router in model.routers().values()} if hasattr(model, "routers") else set()
     prefixes = [f"{name}." for name, module in model.named_modules() if id(module) in routers]
     return {key for key in model.state_dict() if any(key.startswith(prefix) for prefix in prefixes)}
+
+
+def puzzle_embedding_key(model: nn.Module) -> Optional[str]:
+    """The state-dict key of the model's puzzle-embedding table (the persistent one of its buffers), None for a
+    model without one."""
+    buffers = {id(buffer) for buffer in model.parameter_groups().puzzle_embedding}
+    keys = [key for key, value in model.state_dict(keep_vars=True).items() if id(value) in buffers]
+    return keys[0] if keys else None
 
 
 def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> List[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from puzzle_tools.tool_io import ToolInputError
+from training.arc_score import halt_probabilities
 
 # Saved beside the predictions; voting and the halting views need puzzle_identifiers and q_halt_logits, while
 # scoring Sudoku needs only labels (`evaluate.py --save-outputs inputs,labels,preds`).
@@ -48,7 +49,7 @@ class Predictions:
     @property
     def halt_probabilities(self) -> np.ndarray:
         """sigmoid(q_halt_logits): the Q head's confidence that a row's answer is final."""
-        return 1.0 / (1.0 + np.exp(-self.q_halt_logits.astype(np.float64)))
+        return halt_probabilities(self.q_halt_logits)
 
     def source_of(self, row: int) -> Tuple[str, int]:
         """The file a row was read from and its position among that file's real (not padding) rows."""

@@ -29,8 +29,8 @@ def test_tiny_run_trains_evaluates_and_writes_a_run_folder(tiny_dataset, tmp_pat
                            *TINY_OVERRIDES, "plots=true"])
     assert result.returncode == 0, result.stderr[-3000:]
     # 4 epochs x 96 examples / 16 = 24 steps, evaluated after steps 12 and 24.
-    assert sorted(os.listdir(run_dir)) == ["all_config.yaml", "metrics.jsonl", "plot_accuracy.png", "plot_losses.png",
-                                           "plot_lr.png", "step_12", "step_24", "train_state.pt"]
+    assert sorted(os.listdir(run_dir)) == ["all_config.yaml", "identifiers.json", "metrics.jsonl", "plot_accuracy.png",
+                                           "plot_losses.png", "plot_lr.png", "step_12", "step_24", "train_state.pt"]
     # The terminal: an evaluation table, then where the weights, metrics and plots are, quoted.
     out = result.stdout.splitlines()
     table = out.index("evaluation at step 24")

@@ -216,6 +216,14 @@ def test_an_arch_saved_with_fewer_keys_is_the_same_typed_arch(tiny_dataset):
         compare_configs(saved, config, None, "unused")
 
 
+def test_a_config_saved_before_a_key_existed_compares_with_its_default(tiny_dataset):
+    config = make_config(tiny_dataset, "checkpoint_path=unused")
+    saved = {key: value for key, value in config.model_dump().items() if key not in ("freeze_weights", "ema")}
+    assert compare_configs(saved, config, None, "unused") == {}
+    with pytest.raises(ConfigError, match=r"freeze_weights: saved False, now True"):
+        compare_configs(saved, make_config(tiny_dataset, "checkpoint_path=unused", "freeze_weights=true"), None, "unused")
+
+
 @pytest.mark.parametrize("change, arch, misfit", [
     (["arch.hidden_size=64", "resume_allow_changes=[arch.hidden_size]"], "hrm_v1",
      r"\(arch\.hidden_size: saved 32, now 64\): model\.\S+ has shape \(32,\) saved, \(64,\) now"),

@@ -22,23 +22,24 @@ TINY_OVERRIDES = [
 ENV = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
 
 
-def write_tiny_dataset(path):
-    """A copy-the-input-with-a-twist task: 96 train and 32 test sequences of 12 tokens, 4 identifiers."""
+def write_tiny_dataset(path, identifiers=("<blank>", "a", "b", "c")):
+    """A copy-the-input-with-a-twist task: 96 train and 32 test sequences of 12 tokens, identifiers named
+    `identifiers` (4 by default; the blank one, 0, unused)."""
     rng = np.random.default_rng(0)
 
     def arrays(n):
         inputs = rng.integers(1, 5, (n, 12)).astype(np.uint8)
         return dict(inputs=inputs, labels=(5 - inputs).astype(np.uint8),
-                    puzzle_identifiers=rng.integers(1, 4, n).astype(np.int32),
+                    puzzle_identifiers=rng.integers(1, len(identifiers), n).astype(np.int32),
                     puzzle_indices=np.arange(n + 1, dtype=np.int32), group_indices=np.arange(n + 1, dtype=np.int32))
 
     with atomic_output_dir(path) as out:
         for split, n in (("train", 96), ("test", 32)):
             metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6,
-                                             seq_len=12, num_puzzle_identifiers=4, total_groups=n,
+                                             seq_len=12, num_puzzle_identifiers=len(identifiers), total_groups=n,
                                              mean_puzzle_examples=1, sets=["all"])
             save_split(out, split, metadata, {"all": arrays(n)})
-        save_identifiers(out, ["<blank>", "a", "b", "c"])
+        save_identifiers(out, list(identifiers))
     return path
 
 

@@ -3,22 +3,12 @@ restored into a run of the same or another process count."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
-
-import torch.distributed as dist
+from typing import Any, Dict
 
 from training import run_folder
-from training.distributed import DistributedContext
+from training.distributed import DistributedContext, gather_to_main
 from training.run_folder import SavedTrainState
 from training.train_state import TrainState, join_and_split_carries
-
-
-def _gather_to_main(obj: Any, ctx: DistributedContext) -> Optional[List[Any]]:
-    if ctx.world_size == 1:
-        return [obj]
-    gathered = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(obj, gathered, dst=0)
-    return gathered
 
 
 def save_train_state(run_dir: str, state: TrainState, ctx: DistributedContext, config: Dict[str, Any],
@@ -28,7 +18,7 @@ def save_train_state(run_dir: str, state: TrainState, ctx: DistributedContext, c
 
     Every rank must call it (the per-rank states are gathered); rank 0 writes, atomically.
     """
-    per_rank = _gather_to_main(state.rank_state_dict(ctx.device), ctx)
+    per_rank = gather_to_main(state.rank_state_dict(ctx.device), ctx)
     path = run_folder.train_state_path(run_dir)
     if ctx.is_main:
         run_folder.write_train_state(run_dir, SavedTrainState(

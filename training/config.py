@@ -61,6 +61,15 @@ class PretrainConfig(pydantic.BaseModel):
     data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")
     auto_build_data: bool = pydantic.Field(False, description="run data_build_command when data_path is missing")
 
+    # Fine-tuning: a new run from another run's weights (training/init_from.py).
+    init_from: Optional[str] = pydantic.Field(None, description="a step_N file, a train_state.pt or a run folder "
+                                                                "(its latest weights): a new run starts from those "
+                                                                "weights, with fresh optimizers at step 0; ignored "
+                                                                "on resume")
+    init_from_identifiers: Optional[str] = pydantic.Field(
+        None, description="the identifiers.json of init_from's dataset, for a checkpoint without one beside it")
+    freeze_weights: bool = pydantic.Field(False, description="train only the puzzle embedding")
+
     @pydantic.field_validator("eval_save_outputs")
     @classmethod
     def _known_outputs(cls, names: List[str]) -> List[str]:
@@ -73,6 +82,12 @@ class PretrainConfig(pydantic.BaseModel):
     def _eval_interval_divides_epochs(self) -> "PretrainConfig":
         if self.eval_interval is not None and self.epochs % self.eval_interval != 0:
             raise ValueError(f"eval_interval ({self.eval_interval}) must divide epochs ({self.epochs})")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _identifiers_need_init_from(self) -> "PretrainConfig":
+        if self.init_from_identifiers is not None and self.init_from is None:
+            raise ValueError("init_from_identifiers names the identifiers of init_from's checkpoint: set init_from")
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""Process-group set-up and the collectives training needs: parameter broadcast and bucketed gradient sums.
+"""Process-group set-up and the collectives training needs: parameter broadcast, bucketed gradient sums and
+gathering objects to the main process.
 
 Processes come from torchrun and talk through torch.distributed (NCCL on CUDA, gloo on CPU). Gradients are
 summed here in explicit flat buckets after backward, rather than through DistributedDataParallel, because:
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, List
+from typing import Any, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -85,3 +86,12 @@ def broadcast_from_main(tensors: Iterable[torch.Tensor], bucket_bytes: int = GRA
     """Overwrite every rank's copies with rank 0's (parameters and buffers at start-up)."""
     with torch.no_grad():
         _flat_collective(list(tensors), lambda flat: dist.broadcast(flat, src=0), bucket_bytes)
+
+
+def gather_to_main(obj: Any, ctx: DistributedContext) -> Optional[List[Any]]:
+    """Every rank's `obj`, in rank order, on rank 0 (None elsewhere). Every rank must call it."""
+    if ctx.world_size == 1:
+        return [obj]
+    gathered = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered

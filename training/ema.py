@@ -8,6 +8,8 @@ from typing import Dict, Iterator, List
 import torch
 from torch import nn
 
+from models.checkpoint import CheckpointError
+
 
 class WeightEMA:
     """After every optimizer step, shadow <- rate * shadow + (1 - rate) * weights, for every parameter.
@@ -39,6 +41,16 @@ class WeightEMA:
 
     def state_dict(self) -> Dict[str, List[torch.Tensor]]:
         return {"shadow": [t.cpu() for t in self.shadow]}
+
+    @staticmethod
+    def named_average(model: nn.Module, state: Dict[str, List[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """A saved average (`state_dict()`) as state-dict entries of `model`, which has the saving model's
+        parameters (the puzzle embedding, not averaged, may differ)."""
+        names = [name for name, _ in model.named_parameters()]
+        if len(state["shadow"]) != len(names):
+            raise CheckpointError(f"the saved weight average has {len(state['shadow'])} tensors, the model "
+                                  f"{len(names)} parameters")
+        return dict(zip(names, state["shadow"]))
 
     def load_state_dict(self, state: Dict[str, List[torch.Tensor]]) -> None:
         if len(state["shadow"]) != len(self.shadow):

@@ -10,7 +10,8 @@ from torch import nn
 from dataset.format import PuzzleDatasetMetadata
 from models.routing import RoutingOutput
 from training import run_folder
-from training.distributed import DistributedContext
+from training.arc_score import VOTING_OUTPUTS, ArcScorer, ArcScores
+from training.distributed import DistributedContext, gather_to_main
 from training.metrics import EvalMetrics
 
 # Outputs `--save-outputs` / `eval_save_outputs` may name: the batch's tensors, the model's outputs, and
@@ -18,7 +19,7 @@ from training.metrics import EvalMetrics
 BATCH_OUTPUTS = ("inputs", "labels", "puzzle_identifiers")
 MODEL_OUTPUTS = ("logits", "q_halt_logits", "q_continue_logits")
 SAVABLE_OUTPUTS = (*BATCH_OUTPUTS, *MODEL_OUTPUTS, "preds")
-# What scoring and voting need (puzzle_tools/arc_vote.py): saved by default for ARC datasets.
+# What scoring and voting need (puzzle_tools/arc_vote.py): saved by default for ARC datasets (evaluate.py).
 PREDICTION_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits")
 ROUTING_LOG_SAMPLES = 10
 
@@ -41,6 +42,7 @@ def routing_log_lines(routing: RoutingOutput, act_step: int, topk: Optional[int]
 class Evaluation:
     metrics: Optional[Dict[str, Dict[str, float]]]  # per set, divided by the counted sequences; None off rank 0
     outputs: Dict[str, torch.Tensor]  # this rank's `save_outputs` of the examples it saw, padding rows left out
+    arc_scores: Optional[ArcScores] = None  # on rank 0, when scored (ARC datasets)
 
 
 def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: DistributedContext,
@@ -53,10 +55,28 @@ def evaluate(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: Dis
     short batch left out). With routing on, rank 0 writes
     `routing_log_path` (JSON lines): the first batch's routing of up to 10 samples at every ACT step.
     """
-    evaluation = evaluate_with_outputs(model, loader, metadata, ctx, save_outputs, routing_log_path)
-    if evaluation.outputs and outputs_path is not None:
-        run_folder.write_predictions(outputs_path, ctx.rank, evaluation.outputs)
-    return evaluation.metrics
+    return evaluate_and_score(model, loader, metadata, ctx, save_outputs, outputs_path, routing_log_path).metrics
+
+
+def evaluate_and_score(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: DistributedContext,
+                       save_outputs: Sequence[str] = (), outputs_path: Optional[str] = None,
+                       routing_log_path: Optional[str] = None,
+                       arc_scorer: Optional[ArcScorer] = None) -> Evaluation:
+    """evaluate(), also scoring ARC with `arc_scorer`: every rank's predictions are gathered on rank 0 and
+    voted on there. Returns the metrics, this rank's outputs and (rank 0) the ARC scores."""
+    voting = [name for name in VOTING_OUTPUTS if name not in save_outputs] if arc_scorer is not None else []
+    evaluation = evaluate_with_outputs(model, loader, metadata, ctx, [*save_outputs, *voting], routing_log_path)
+    saved = {name: evaluation.outputs[name] for name in save_outputs if name in evaluation.outputs}
+    if saved and outputs_path is not None:
+        run_folder.write_predictions(outputs_path, ctx.rank, saved)
+    if arc_scorer is not None:
+        gathered = gather_to_main({name: evaluation.outputs[name] for name in VOTING_OUTPUTS
+                                   if name in evaluation.outputs}, ctx)
+        if ctx.is_main:
+            ranks = [outputs for outputs in gathered if outputs]
+            evaluation.arc_scores = arc_scorer.score({name: torch.cat([outputs[name] for outputs in ranks])
+                                                      for name in VOTING_OUTPUTS})
+    return evaluation
 
 
 def evaluate_with_outputs(model: nn.Module, loader, metadata: PuzzleDatasetMetadata, ctx: DistributedContext,

@@ -11,20 +11,23 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from dataset.format import PuzzleDatasetMetadata
+from dataset.format import IDENTIFIERS_FILE, PuzzleDatasetMetadata, read_identifiers
 from models.config_validation import ConfigError
 from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
+from training.arc_score import ArcScorer
+from training.best_checkpoint import BestCheckpoint
 from training.build import (check_splits_agree, count_train_batches, create_loader, create_model, ensure_dataset,
                             read_metadata)
 from training.config import PretrainConfig
 from training.distributed import DistributedContext, broadcast_from_main, sum_gradients
 from training.ema import WeightEMA
-from training.evaluation import evaluate
+from training.evaluation import evaluate_and_score
 from training.fast_path import prepare_model
-from training.metrics import TrainMetrics
+from training.init_from import init_from_checkpoint
+from training.metrics import TrainMetrics, arc_metrics
 from training.metrics_log import MetricsLogger, flatten_eval_metrics, format_evaluation
-from training.optimization import build_optimizers, learning_rate
+from training.optimization import build_optimizers, freeze_network, learning_rate
 from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
 from training.train_state import TrainState
@@ -66,11 +69,18 @@ def refuse_empty_run(config: PretrainConfig, metadata: PuzzleDatasetMetadata, st
 def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> TrainState:
     total_steps = total_train_steps(config, metadata)
     base_model = create_model(config, metadata, ctx)
+    if config.init_from and not config.resume:  # a resumed run takes its weights from its training state
+        initialized = init_from_checkpoint(base_model, config.init_from, config.init_from_identifiers,
+                                           config.data_path)
+        if ctx.is_main:
+            print(initialized.summary(), flush=True)
     if ctx.world_size > 1:
         broadcast_from_main(list(base_model.parameters()) + list(base_model.buffers()))
     routing = RoutingSchedule(base_model, config.routing, total_steps) if base_model.routers() else None
+    groups = base_model.parameter_groups()
     return TrainState(model=prepare_model(base_model, config, ctx.device), base_model=base_model,
-                      optimizers=build_optimizers(base_model.parameter_groups(), config, ctx.world_size),
+                      optimizers=build_optimizers(freeze_network(groups) if config.freeze_weights else groups,
+                                                  config, ctx.world_size),
                       total_steps=total_steps, routing=routing,
                       ema=WeightEMA(base_model, config.ema_rate) if config.ema else None)
 
@@ -143,6 +153,13 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
         dist.barrier()
 
 
+def record_identifiers(config: PretrainConfig) -> None:
+    """Keep the dataset's identifier names in the run folder, so its weights say which puzzle each embedding
+    row is (`init_from` matches them by name)."""
+    if os.path.isfile(os.path.join(config.data_path, IDENTIFIERS_FILE)):
+        run_folder.write_identifiers(config.checkpoint_path, read_identifiers(config.data_path))
+
+
 def lock_run_folder(run_dir: str, ctx: DistributedContext) -> contextlib.AbstractContextManager:
     """Rank 0 locks the run folder for the run's life; every rank learns whether it could, so a refusal
     stops them all."""
@@ -196,6 +213,7 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
     logger = None
     if ctx.is_main:
         run_folder.write_config(config.checkpoint_path, config.model_dump())
+        record_identifiers(config)
         logger = MetricsLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(),
                                total_steps=steps_to_run,
                                initial_step=progress.step,
@@ -203,6 +221,8 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
         logger.log({"num_params": sum(p.numel() for p in state.base_model.parameters())}, step=progress.step)
 
     train_metrics = TrainMetrics()
+    arc_scorer = ArcScorer.for_dataset(config.data_path)  # each evaluation votes and scores, on ARC datasets
+    best = BestCheckpoint(config.checkpoint_path, resumed=bool(config.resume)) if arc_scorer and ctx.is_main else None
 
     def save_state() -> str:
         return checkpointing.save_train_state(config.checkpoint_path, state, ctx, config.model_dump(), fingerprint)
@@ -241,14 +261,18 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
 
             step = progress.step
             with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
-                eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
-                                        outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
-                                        routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step))
+                evaluation = evaluate_and_score(
+                    state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
+                    outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
+                    routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step), arc_scorer=arc_scorer)
+                eval_metrics, arc_figures = evaluation.metrics, arc_metrics(evaluation.arc_scores)
                 if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
                     run_folder.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
+                if best is not None and arc_figures:
+                    best.consider(min(step, state.total_steps), arc_figures, state.model.state_dict)
             if logger is not None and eval_metrics is not None:
-                logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
-                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics))
+                logger.log({**flatten_eval_metrics(eval_metrics), **arc_figures}, step=min(step, state.total_steps))
+                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics, arc_figures))
             save_state()
             if stop.should_stop(ctx, synchronise=True):
                 raise interrupt(stop)

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from models.losses import StepMetrics
 from models.routing import RoutingOutput
+from training.arc_score import ArcScores
 from training.distributed import DistributedContext
 
 # Prefix of the training figures' logged names (`train/<name>`).
@@ -26,6 +27,15 @@ def routing_metric_name(diagnostic: str, level: str) -> str:
     """The name a level's routing diagnostic (a `RoutingDiagnostics` field) is logged under, after `train/`:
     routing_metric_name("top1_share", "H") == "routing/top1_share_H"."""
     return f"routing/{_ROUTING_LOGGED_NAMES[diagnostic]}_{level}"
+
+
+def arc_metrics(scores: Optional[ArcScores]) -> Dict[str, float]:
+    """An evaluation's ARC scores by their logged names, `arc/<figure>` (`arc/pass@2`); none for other tasks."""
+    return {f"arc/{figure}": value for figure, value in scores.figures().items()} if scores is not None else {}
+
+
+# The logged figure `step_best` is chosen by (the highest; the first of equals).
+BEST_CHECKPOINT_METRIC = "arc/pass@2"
 
 
 class Reduction(enum.Enum):

@@ -86,12 +86,15 @@ SUMMARY_COLUMNS = (("accuracy", "accuracy"), ("exact_accuracy", "exact"), ("step
                    ("q_halt_accuracy", "Q-halt acc."), ("lm_loss", "LM loss"))
 
 
-def format_evaluation(step: int, metrics: Dict[str, Dict[str, float]]) -> str:
-    """A compact table of one evaluation: a row per set, the summary columns."""
+def format_evaluation(step: int, metrics: Dict[str, Dict[str, float]],
+                      arc_figures: Optional[Dict[str, float]] = None) -> str:
+    """A compact table of one evaluation: a row per set, the summary columns; then the ARC scores, if any."""
     width = max(len("set"), *(len(name) for name in metrics))
     header = "  ".join([f"{'set':<{width}}", *(f"{title:>11}" for _, title in SUMMARY_COLUMNS)])
     rows = ["  ".join([f"{name:<{width}}", *(f"{values.get(key, float('nan')):>11.4f}" for key, _ in SUMMARY_COLUMNS)])
             for name, values in metrics.items()]
+    if arc_figures:
+        rows.append("  ".join(f"{name} {value:.4f}" for name, value in arc_figures.items()))
     return "\n".join([f"evaluation at step {step}", header, *rows])
 
 

@@ -1,11 +1,13 @@
 """The two optimizers of HRM and the learning-rate schedule they share."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import List
 
 import torch
 from models.adam_atan2 import AdamATan2
+from models.config_validation import ConfigError
 from models.hrm import ParameterGroups
 from models.sparse_embedding import SparseEmbeddingSignSGD
 
@@ -30,8 +32,21 @@ def build_optimizers(groups: ParameterGroups, config, world_size: int) -> List[t
         optimizers.append(SparseEmbeddingSignSGD(groups.puzzle_embedding, lr=0,
                                                  weight_decay=config.puzzle_emb_weight_decay, world_size=world_size))
         optimizers[-1].param_groups[0]["base_lr"] = config.puzzle_emb_lr
-    adam_groups = [dict(params=groups.weights, base_lr=config.lr)]
+    adam_groups = [dict(params=groups.weights, base_lr=config.lr)] if groups.weights else []
     if groups.routing:
         adam_groups.append(dict(params=groups.routing, base_lr=config.routing.controller_lr))
-    optimizers.append(AdamATan2(adam_groups, lr=0, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
+    if adam_groups:
+        optimizers.append(AdamATan2(adam_groups, lr=0, weight_decay=config.weight_decay,
+                                    betas=(config.beta1, config.beta2)))
     return optimizers
+
+
+def freeze_network(groups: ParameterGroups) -> ParameterGroups:
+    """`freeze_weights`: the groups with only the puzzle embedding left to train (as TinyRecursiveModels'
+    option of that name). The network's parameters stop taking gradients, so backward skips them."""
+    if not groups.puzzle_embedding:
+        raise ConfigError("freeze_weights=true trains only the puzzle embedding, but the model has none "
+                          "(arch.puzzle_emb_ndim is 0)")
+    for parameter in [*groups.weights, *groups.routing]:
+        parameter.requires_grad_(False)
+    return dataclasses.replace(groups, weights=[], routing=[])

@@ -6,6 +6,8 @@ import glob
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import pydantic
+
 from dataset.common import dataset_fingerprint
 from models import parse_arch
 from models.checkpoint import strip_compiled_prefix
@@ -19,10 +21,11 @@ from training.train_state import TrainState
 # whether it draws plots, and how it is compiled. `epochs` may grow to extend a run (README: "Resume");
 # `data_path` may move, as long as the dataset's contents (its fingerprint) stay the same.
 # `eval_interval` may change only as far as the epochs per round (which order the data) stay the same.
+# `init_from` only starts a new run: a resumed one takes its weights from its training state.
 KEYS_FREE_TO_CHANGE = {"project_name", "run_name", "checkpoint_path", "resume", "resume_allow_changes",
                        "overwrite_run", "compile", "fast_path", "plots", "log_interval", "checkpoint_interval",
                        "checkpoint_every_eval", "eval_save_outputs", "data_build_command", "auto_build_data", "epochs", "eval_interval",
-                       "data_path"}
+                       "data_path", "init_from", "init_from_identifiers"}
 
 
 def existing_run_files(run_dir: str) -> List[str]:
@@ -71,6 +74,15 @@ def _with_typed_arch(saved: Dict[str, Any]) -> Dict[str, Any]:
         return saved
 
 
+def _with_defaults(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The saved config with the top-level keys added since it was saved at their defaults (what the run
+    used then), so a run saved before a key existed compares equal to the same run now."""
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in PretrainConfig.model_fields.items()
+                if not field.is_required()}
+    return {**{name: value.model_dump() if isinstance(value, pydantic.BaseModel) else value
+               for name, value in defaults.items()}, **saved}
+
+
 def _allowed(key: str, allowed: List[str]) -> bool:
     return any(key == entry or key.startswith(f"{entry}.") for entry in allowed)
 
@@ -79,7 +91,7 @@ def compare_configs(saved: Dict[str, Any], config: PretrainConfig, saved_fingerp
                     fingerprint: str) -> Dict[str, Tuple[Any, Any]]:
     """The deliberate changes (key -> (saved, new)) of a resumed run's config; any other change of a key that
     alters the run's arithmetic is a ConfigError naming each key with both values."""
-    old, new = _flatten(_with_typed_arch(saved)), _flatten(config.model_dump())
+    old, new = _flatten(_with_typed_arch(_with_defaults(saved))), _flatten(config.model_dump())
     differences = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
                    if old.get(key) != new.get(key) and key not in KEYS_FREE_TO_CHANGE}
     saved_epochs_per_round = saved.get("eval_interval") or saved.get("epochs")

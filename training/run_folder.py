@@ -1,9 +1,11 @@
 """The run folder `checkpoints/<project>/<run>/`: the names of its files, and reading and writing each of them.
 
 While a run writes into it, it holds `run.lock`, locked by that run's process. It holds `all_config.yaml`
-(the run's config), `step_N` (the model's state dict, loadable by the reference
+(the run's config), `identifiers.json` (its dataset's puzzle identifier names: which puzzle each row of the
+weights' puzzle embedding is), `step_N` (the model's state dict, loadable by the reference
 release), `train_state.pt` (all that resume needs), `metrics.jsonl` (one row per log), the saved evaluation
-outputs `step_N_all_preds.<rank>` and the routing logs `routing_N.jsonl`. Every file is written under a
+outputs `step_N_all_preds.<rank>` and the routing logs `routing_N.jsonl`; on ARC datasets also `step_best`
+(the weights of the best evaluation by pass@2) and `best.json` (which step that was, and its scores). Every file is written under a
 temporary name and renamed into place, so a crash never leaves a torn file.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -21,7 +24,8 @@ import yaml
 
 from command_line import MissingInputError, UserError
 from dataset.atomic_file import FileWriteError, append_text, atomic_path, write_text
-from dataset.text_file import read_text, read_yaml
+from dataset.format import IDENTIFIERS_FILE, read_identifier_list
+from dataset.text_file import read_json, read_text, read_yaml
 from models.checkpoint import CheckpointError, strip_compiled_prefix
 from training.train_state import TrainProgress
 
@@ -31,8 +35,11 @@ CONFIG_FILE = "all_config.yaml"
 TRAIN_STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = "run.lock"
+BEST_WEIGHTS_FILE = "step_best"
+BEST_RECORD_FILE = "best.json"
 # What a new run deletes from a folder it may overwrite: the files runs write, and temporary leftovers.
-RUN_FILE_PATTERNS = ("step_*", TRAIN_STATE_FILE, CONFIG_FILE, METRICS_FILE, "routing_*.jsonl", "*.tmp")
+RUN_FILE_PATTERNS = ("step_*", TRAIN_STATE_FILE, CONFIG_FILE, METRICS_FILE, IDENTIFIERS_FILE, BEST_RECORD_FILE,
+                     "routing_*.jsonl", "*.tmp")
 # The files that make a folder hold a run (one that died before its first save left neither).
 RUN_MARKER_PATTERNS = ("step_*", TRAIN_STATE_FILE)
 
@@ -168,6 +175,24 @@ def read_config(run_dir: str) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# identifiers.json
+
+def identifiers_path(run_dir: str) -> str:
+    return os.path.join(run_dir, IDENTIFIERS_FILE)
+
+
+def write_identifiers(run_dir: str, names: List[str]) -> None:
+    """Record the dataset's identifier names (id -> name), as its own identifiers.json lists them."""
+    write_text(identifiers_path(run_dir), json.dumps(list(names)))
+
+
+def read_identifiers(run_dir: str) -> Optional[List[str]]:
+    """The identifier names a run recorded; None for a run folder without them (older runs, the reference's)."""
+    path = identifiers_path(run_dir)
+    return read_identifier_list(path, RunFolderError) if os.path.isfile(path) else None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # metrics.jsonl and the other JSON-lines logs
 
 def write_jsonl(path: str, rows: List[dict]) -> None:
@@ -206,6 +231,19 @@ def save_model_weights(run_dir: str, step: int, model_state: Dict[str, torch.Ten
     with atomic_path(path) as tmp_path:
         torch.save(model_state, tmp_path)
     return path
+
+
+def latest_weights_path(path: str) -> str:
+    """A weights file as given; for a run folder, its latest weights: the `step_N` of the highest N (what a
+    finished run leaves), else its `train_state.pt` (a run stopped before its last evaluation)."""
+    if not os.path.isdir(path):
+        return path
+    steps = [int(name[len("step_"):]) for name in os.listdir(path) if re.fullmatch(r"step_[0-9]+", name)]
+    if steps:
+        return weights_path(path, max(steps))
+    if os.path.isfile(train_state_path(path)):
+        return train_state_path(path)
+    raise MissingInputError(f"{path} holds no weights (no step_N file and no {TRAIN_STATE_FILE})")
 
 
 def _first_line(error: Exception) -> str:
@@ -249,6 +287,29 @@ def read_evaluated_weights(path: str) -> EvaluatedWeights:
     saved = read_train_state(path)
     return EvaluatedWeights(strip_compiled_prefix(saved.model), saved.ema,
                             predictions_prefix(os.path.dirname(path), saved.progress.step))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# step_best and best.json
+
+def save_best_weights(run_dir: str, record: Dict[str, Any], model_state: Dict[str, torch.Tensor]) -> str:
+    """Write `step_best` (a state dict, as step_N) and then `best.json`, `record`: its step and scores."""
+    path = os.path.join(run_dir, BEST_WEIGHTS_FILE)
+    with atomic_path(path) as tmp_path:
+        torch.save(model_state, tmp_path)
+    write_text(os.path.join(run_dir, BEST_RECORD_FILE), json.dumps(record) + "\n")
+    return path
+
+
+def read_best_record(run_dir: str) -> Optional[Dict[str, Any]]:
+    """`best.json`: the step and scores of `step_best`; None before a run has one."""
+    path = os.path.join(run_dir, BEST_RECORD_FILE)
+    if not os.path.isfile(path):
+        return None
+    record = read_json(path, RunFolderError)
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise RunFolderError(f"{path}: expected a JSON object with the step of {BEST_WEIGHTS_FILE}")
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------------
