@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 from puzzle_tools.arc_vote import is_submittable
+from training import run_folder
 from training.distributed import DistributedContext
 from training.loop import run_training
 
@@ -25,10 +26,11 @@ def test_arc_evaluation_saves_predictions_and_votes(tmp_path, capsys, monkeypatc
     # Two epochs: one epoch of these 13 examples fills no batch of 16, and a run of no step is refused.
     run_training(make_config(data, f"checkpoint_path={run_dir}", "epochs=2", "eval_interval=2",
                              "arch.halt_max_steps=1"), CPU)
-    step = sorted(name for name in os.listdir(run_dir) if name.startswith("step_") and "_" not in name[5:])[-1]
+    weights = run_folder.latest_weights_path(str(run_dir))
+    assert os.path.basename(weights) == "step_1"  # the last step, not step_best
     capsys.readouterr()
     submission_path = tmp_path / "out" / "submission.json"
-    assert evaluate.main(["--checkpoint", str(run_dir / step), "--arc-vote", "--vote-k", "1", "2",
+    assert evaluate.main(["--checkpoint", weights, "--arc-vote", "--vote-k", "1", "2",
                           "--submission", str(submission_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"all", "arc_vote"}
@@ -41,7 +43,7 @@ def test_arc_evaluation_saves_predictions_and_votes(tmp_path, capsys, monkeypatc
     assert all(set(test) == {"attempt_1", "attempt_2"} and all(is_submittable(np.array(grid)) for grid in test.values())
                for tests in submission.values() for test in tests)
 
-    saved = torch.load(run_dir / f"{step}_all_preds.0", weights_only=True)
+    saved = torch.load(f"{weights}_all_preds.0", weights_only=True)
     test_examples = len(np.load(os.path.join(data, "test", "all__inputs.npy")))
     assert test_examples % 16 != 0  # so the last batch of 16 is padded
     assert set(saved) == {"inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits"}
