@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Iterable, List
 
 import torch
 from models.adam_atan2 import AdamATan2
@@ -35,3 +35,10 @@ def build_optimizers(groups: ParameterGroups, config, world_size: int) -> List[t
         adam_groups.append(dict(params=groups.routing, base_lr=config.routing.controller_lr))
     optimizers.append(AdamATan2(adam_groups, lr=0, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
     return optimizers
+
+
+def clip_gradient_norm(params: Iterable[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients of `params` (those that have one) so that their joint norm is at most `max_norm`."""
+    grads: List[torch.Tensor] = [p for p in params if p.grad is not None]
+    if grads:
+        torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
