@@ -24,7 +24,9 @@ The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
     ACT vs fixed T          --grid arch.routing.controller=hrm_act,hrm
 
 The architecture keys live under `arch.routing.`; how the controllers train (`controller_lr`,
-`entropy_reg`, `temperature_init`, `warmup_epochs`, ...) under the top-level `routing.`.
+`entropy_reg`, `temperature_init`, `warmup_epochs`, ...) under the top-level `routing.`. Runs of one seed
+differ only by their controllers (the same initial weights for everything else, the same data order, the
+same `routing.encoder_clip`), so compare arms seed by seed: `compare.py --paired`.
 
 CSV columns, read from the run folder's metrics.jsonl and all_config.yaml:
   config_id, seed, one column per swept key (the value as given);
