@@ -99,8 +99,8 @@ def test_the_encoder_clip_is_off_by_default_as_in_the_reference(tiny_dataset):
     assert make_config(tiny_dataset, arch="hrm_poh").routing.encoder_clip is None
 
 
-@pytest.mark.parametrize("controller", ["classical", "hrm", "hrm_act"])
-@pytest.mark.parametrize("encoder_clip", ["null", "1e-3"])
+@pytest.mark.parametrize("controller, encoder_clip", [("classical", "1e-3"), ("hrm", "1e-3"), ("hrm_act", "1e-3"),
+                                                     ("hrm", "null")])
 def test_the_arms_of_a_routing_ab_differ_only_in_the_controller(tiny_dataset, controller, encoder_clip):
     # With controllers that route uniformly (a zero last layer, kept by the warm-up freeze), a routed arm is the
     # plain model: same initial weights (paired seeds), data, clip, optimizer and schedules give the plain arm's
@@ -123,11 +123,11 @@ def test_the_arms_of_a_routing_ab_differ_only_in_the_controller(tiny_dataset, co
             seen.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in shared])).item())
             return real_step(*args, **kwargs)
         adam.step = step_recording_the_norm
-        for _, batch, global_batch_size in train_batches_of(config, 4):
+        for _, batch, global_batch_size in train_batches_of(config, 3):
             train_step(state, batch, config, CPU, global_batch_size)
-    assert norms["none"] == norms[controller] and len(norms["none"]) == 4
+    assert norms["none"] == norms[controller] and len(norms["none"]) == 3
     if encoder_clip == "1e-3":
-        assert norms["none"] == pytest.approx([1e-3] * 4, rel=1e-5)
+        assert norms["none"] == pytest.approx([1e-3] * 3, rel=1e-5)
     else:
         assert min(norms["none"]) > 1e-2  # not clipped
     plain = arms["none"][1].base_model.state_dict()
