@@ -5,8 +5,9 @@ For each K of `--runs`, starts K processes of benchmarks/train_step.py with the 
 the same device (CUDA_VISIBLE_DEVICES as set, or `--gpu ID`). They wait for each other after their warm-up
 (train_step.py's `--barrier-dir`), so all K time the same interval. Prints one JSON line per K: each
 process's steps/s and peak memory, their total steps/s and that total against the first K's; then one line
-naming the K with the most total steps/s, the `--runs-per-gpu` to give puzzle_tools/sweep.py for runs of that shape. On the CPU the processes
-share the cores: set OMP_NUM_THREADS so that K of them do not oversubscribe them. A quick CPU check:
+naming the K with the most total steps/s, the `--runs-per-gpu` to give puzzle_tools/sweep.py for runs of
+that shape. On the CPU the processes share the cores: set OMP_NUM_THREADS so that K of them do not
+oversubscribe them. A quick CPU check:
 
     OMP_NUM_THREADS=1 python benchmarks/concurrent_runs.py --runs 1 2 -- --task sudoku --batch-size 4 \\
         --steps 5 --warmup 1 --dtype float32 \\

@@ -10,8 +10,9 @@ a readable slug of the grid point (`controller-hrm__topk-4`). Runs go one after 
 cut-off sweep has every grid point of the first seeds), or with `--gpus 0,1,...` one per GPU in parallel
 (CUDA_VISIBLE_DEVICES per run). `--runs-per-gpu N` runs up to N at once on each listed GPU (or, without
 `--gpus`, on the default device), for runs too small to fill a GPU alone; `benchmarks/concurrent_runs.py`
-measures which N gives the most steps per second in total. When an `arch.routing.*` key is set and `arch=...` is not, `arch=hrm_poh` is
-added, since those keys exist only in that arch config; `arch.routing.controller=none` is then the plain HRM.
+measures which N gives the most steps per second in total. When an `arch.routing.*` key is set and `arch=...`
+is not, `arch=hrm_poh` is added, since those keys exist only in that arch config; `arch.routing.controller=none`
+is then the plain HRM.
 
 The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
 

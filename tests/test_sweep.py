@@ -282,10 +282,12 @@ class OverlappingRuns(StubRuns):
         self.parties = parties
         self.barrier = threading.Barrier(parties, timeout=60)
         self.running, self.most = collections.Counter(), collections.Counter()
+        self.arrived = 0
 
     def __call__(self, spec, gpu):
         with self.lock:
-            waits = len(self.launched) < self.parties
+            waits = self.arrived < self.parties
+            self.arrived += 1
             self.running[gpu] += 1
             self.most[gpu] = max(self.most[gpu], self.running[gpu])
         if waits:
