@@ -6,17 +6,22 @@ Adam-atan2) at a task's published shapes, and prints steps/s and peak GPU memory
 initial weights, one after the other (the first freed before the second starts, so each peak is its own),
 and prints both with their ratio. `--eval` also times evaluation (every test sequence for `halt_max_steps`
 ACT steps) in test sequences per second. Under torchrun it measures the distributed step (gradient sums
-and embedding all-gather included) at the given per-GPU batch.
+and embedding all-gather included) at the given per-GPU batch. `--barrier-dir DIR --barrier-size K` makes
+K processes started together (benchmarks/concurrent_runs.py) wait for each other after their warm-up, so
+that all of them time the same interval.
 """
 import argparse
 import contextlib
 import gc
+import glob
 import json
+import os
 import time
 
 import torch
 
 from command_line import OneLineArgumentParser, run_cli
+from dataset.atomic_file import write_text
 from dataset.format import PuzzleDatasetMetadata
 from models.attention import resolve_backend
 from training import fast_path
@@ -35,6 +40,7 @@ ARCH = dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
             halt_exploration_prob=0.1, halt_max_steps=16, H_cycles=2, L_cycles=2, H_layers=4, L_layers=4,
             hidden_size=512, num_heads=8, expansion=4, puzzle_emb_ndim=512, pos_encodings="rope")
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+BARRIER_TIMEOUT_S = 1800  # the slowest process's start-up and compilation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--inductor-options", default="{}", help="JSON of extra Inductor options for the fast path")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--arch", default="{}", help="JSON of arch overrides, e.g. '{\"hidden_size\": 64}'")
+    parser.add_argument("--barrier-dir", default=None, help="with --barrier-size: a folder the processes that "
+                                                            "time together share")
+    parser.add_argument("--barrier-size", type=int, default=1, help="processes to wait for after the warm-up")
     args = parser.parse_args(argv)
     args.arch = json_object(parser, "--arch", args.arch)
     args.inductor_options = json_object(parser, "--inductor-options", args.inductor_options)
@@ -68,6 +77,16 @@ def json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict:
     if not isinstance(value, dict):
         parser.error(f"{flag}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def wait_at_barrier(folder: str, parties: int, label: str) -> None:
+    """Leave this process's mark in `folder`, then wait until `parties` processes have left one for `label`."""
+    write_text(os.path.join(folder, f"{label}-{os.getpid()}.ready"), "")
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(glob.glob(os.path.join(glob.escape(folder), f"{label}-*.ready"))) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{parties} processes did not reach {folder} within {BARRIER_TIMEOUT_S} s")
+        time.sleep(0.05)
 
 
 def random_batches(count, batch_size, seq_len, vocab_size, num_identifiers, device):
@@ -110,6 +129,8 @@ def measure(args, ctx, fast: bool, shapes, batches):
         train_step(state, batches[step % len(batches)], config, ctx, global_batch)
     synchronize(ctx)
     warmup_seconds = time.perf_counter() - start_time
+    if args.barrier_dir is not None:
+        wait_at_barrier(args.barrier_dir, args.barrier_size, "fast" if fast else "plain")
     start = time.perf_counter()
     for step in range(args.steps):
         result = train_step(state, batches[step % len(batches)], config, ctx, global_batch)

@@ -109,13 +109,14 @@ class ReasoningModule(nn.Module):
     weights scale the heads of every layer of that call.
     """
 
-    def __init__(self, config: HRMConfig, num_layers: int, attention_backend: str):
+    def __init__(self, config: HRMConfig, num_layers: int, attention_backend: str, level: str):
         super().__init__()
         self.layers = nn.ModuleList(Block(config, attention_backend) for _ in range(num_layers))
         self.num_heads = config.num_heads
         self.per_token = config.routing.per_token
         if config.routing.controller != "none":
-            self.router = build_router(config.routing, config.hidden_size, config.num_heads)
+            # Drawn from its own generator: the layers get the plain model's weights (paired seeds).
+            self.router = build_router(config.routing, config.hidden_size, config.num_heads, name=level)
 
     def forward(self, hidden_states: torch.Tensor, injection: torch.Tensor, cos_sin: Optional[CosSin],
                 router_state: Any = None) -> Tuple[torch.Tensor, Any, Optional[RoutingCall]]:
@@ -196,8 +197,8 @@ class HierarchicalReasoningModel(nn.Module):
 
     def build_levels(self, config: HRMConfig) -> None:
         """The reasoning levels and their initial states (a variant of the recurrence builds its own)."""
-        self.H_level = ReasoningModule(config, config.H_layers, self.attention_backend)
-        self.L_level = ReasoningModule(config, config.L_layers, self.attention_backend)
+        self.H_level = ReasoningModule(config, config.H_layers, self.attention_backend, "H")
+        self.L_level = ReasoningModule(config, config.L_layers, self.attention_backend, "L")
         self.H_init = initial_state(config)
         self.L_init = initial_state(config)
 

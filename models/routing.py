@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Literal, Optional, Tuple, Union
 
+import numpy as np
 import pydantic
 import torch
 import torch.nn.functional as F
@@ -413,11 +414,31 @@ class RoutingConfig(pydantic.BaseModel):
 Controller = Union[PointerOverHeadsController, HRMPointerController, ACTHRMPointerController]
 
 
-def build_router(config: RoutingConfig, d_model: int, n_heads: int) -> Controller:
-    """The controller named by `config.controller` (not "none") for a layer of width d_model with n_heads.
+def controller_seed(name: str) -> int:
+    """The seed of controller `name`'s own generator: derived from the default generator's initial seed (the
+    run's seed, which training sets before building the model) and the name, so that each controller of a
+    model, and each run seed, starts from its own weights."""
+    sequence = np.random.SeedSequence(torch.initial_seed(), spawn_key=tuple(name.encode()))
+    return int(sequence.generate_state(1, np.uint64)[0])
 
-    It starts at the default temperature; training's schedule sets the temperature from then on.
+
+def build_router(config: RoutingConfig, d_model: int, n_heads: int, *, name: str) -> Controller:
+    """The controller named by `config.controller` (not "none") for a layer of width d_model with n_heads;
+    `name` tells the model's controllers apart (HRM's are "H" and "L").
+
+    Its weights are drawn from its own generator (seeded by `controller_seed(name)`), and the default
+    generator is left as it was found. So a model with controllers draws the same numbers for every other
+    weight, and afterwards (halting exploration, the loader's worker seeds), as the same model without them:
+    runs of one seed differ only by their controllers, which pairs the arms of an A/B by seed. Models are
+    built on the CPU, so the CPU generator is the one to spare. The controller starts at the default
+    temperature; training's schedule sets the temperature from then on.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(controller_seed(name))
+        return new_controller(config, d_model, n_heads)
+
+
+def new_controller(config: RoutingConfig, d_model: int, n_heads: int) -> Controller:
     common = dict(topk=config.topk, dropout=config.dropout)
     if config.controller == "classical":
         return PointerOverHeadsController(d_model, n_heads, config.d_ctrl, **common)

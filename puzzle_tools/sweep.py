@@ -8,8 +8,11 @@ Each run is `python pretrain.py <overrides after --> <grid point> seed=<s> check
 id>_seed<s>`, run from the current folder with WANDB_MODE=disabled unless WANDB_MODE is set. The config id is
 a readable slug of the grid point (`controller-hrm__topk-4`). Runs go one after another, seed by seed (so a
 cut-off sweep has every grid point of the first seeds), or with `--gpus 0,1,...` one per GPU in parallel
-(CUDA_VISIBLE_DEVICES per run). When an `arch.routing.*` key is set and `arch=...` is not, `arch=hrm_poh` is
-added, since those keys exist only in that arch config; `arch.routing.controller=none` is then the plain HRM.
+(CUDA_VISIBLE_DEVICES per run). `--runs-per-gpu N` runs up to N at once on each listed GPU (or, without
+`--gpus`, on the default device), for runs too small to fill a GPU alone; `benchmarks/concurrent_runs.py`
+measures which N gives the most steps per second in total. When an `arch.routing.*` key is set and `arch=...`
+is not, `arch=hrm_poh` is added, since those keys exist only in that arch config; `arch.routing.controller=none`
+is then the plain HRM.
 
 The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
 
@@ -22,7 +25,9 @@ The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
     ACT vs fixed T          --grid arch.routing.controller=hrm_act,hrm
 
 The architecture keys live under `arch.routing.`; how the controllers train (`controller_lr`,
-`entropy_reg`, `temperature_init`, `warmup_epochs`, ...) under the top-level `routing.`.
+`entropy_reg`, `temperature_init`, `warmup_epochs`, ...) under the top-level `routing.`. Runs of one seed
+differ only by their controllers (the same initial weights for everything else, the same data order, the
+same `routing.encoder_clip`), so compare arms seed by seed: `compare.py --paired`.
 
 CSV columns, read from the run folder's metrics.jsonl and all_config.yaml:
   config_id, seed, one column per swept key (the value as given);
@@ -31,6 +36,9 @@ CSV columns, read from the run folder's metrics.jsonl and all_config.yaml:
   evaluation are outliers), tokens_per_s (median of train/tokens_per_second, else steps_per_s x
   global_batch_size x the dataset's seq_len), peak_gpu_mem_gib (largest train/peak_gpu_memory_gib; empty
   when not logged, as on the CPU);
+  device: what the run trained on, torch.cuda.get_device_name() (e.g. "NVIDIA H200") or "cpu", asked of a
+  short child process with the run's CUDA_VISIBLE_DEVICES (so the sweep itself holds no GPU); a CSV of an
+  older sweep without this column is continued without it;
   routing_entropy, head_concentration (Herfindahl index), top1_share: means over both levels (H, L) of
   train/routing/{routing_entropy_mean,head_herfindahl,top1_share}_<level>, averaged over the last 5 logged
   train rows; n_H_updates: the controllers' slow updates per logged step, summed over the levels, averaged
@@ -51,6 +59,7 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -88,6 +97,9 @@ ROUTING_ARCH = "hrm_poh"
 ROUTING_TAIL_ROWS = 5
 
 MEASURED_COLUMNS = ("train_time_s", "steps_per_s", "tokens_per_s", "peak_gpu_mem_gib")
+DEVICE_COLUMN = "device"
+# What a run's device is called, printed by a child process that sees the run's CUDA_VISIBLE_DEVICES.
+DEVICE_PROBE = "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 ROUTING_COLUMNS = ("routing_entropy", "head_concentration", "top1_share", "n_H_updates")
 TRAILING_COLUMNS = ("fixed_overrides", "run_dir")
 # CSV column -> routing diagnostic (a RoutingDiagnostics field, logged per level) and how the levels combine.
@@ -119,6 +131,7 @@ class RunOutcome:
     returncode: int
     wall_time_s: float
     stderr_tail: str
+    device: str = ""  # the device's name (DEVICE_COLUMN), filled in by run_one
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -134,6 +147,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gpus", default=None, metavar="0,1,...",
                         help="run in parallel, one run per listed GPU (default: one run at a time, "
                              "CUDA_VISIBLE_DEVICES untouched)")
+    parser.add_argument("--runs-per-gpu", type=int, default=1, metavar="N",
+                        help="run up to N runs at once on each GPU of --gpus (without --gpus: N at once on the "
+                             "default device); default 1")
     parser.add_argument("--max-runs", type=int, default=None,
                         help="start at most this many of the pending runs, then stop (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="print the pending runs' commands and exit")
@@ -232,7 +248,7 @@ def plan_runs(grid: Dict[str, List[str]], seeds: Sequence[int], fixed: Sequence[
 
 def leading_columns(grid: Dict[str, List[str]]) -> List[str]:
     """Columns before the evaluation metrics, which are known only once a run has finished."""
-    return ["config_id", "seed", *grid, *MEASURED_COLUMNS, *ROUTING_COLUMNS]
+    return ["config_id", "seed", *grid, *MEASURED_COLUMNS, DEVICE_COLUMN, *ROUTING_COLUMNS]
 
 
 class ResultsCsv:
@@ -251,6 +267,9 @@ class ResultsCsv:
         rows = csv_rows(self.path, SweepError)
         header = next(rows, [])
         expected = self.leading + ["..."] + list(TRAILING_COLUMNS)
+        without_device = [column for column in self.leading if column != DEVICE_COLUMN]
+        if header[:len(without_device)] == without_device:
+            self.leading = without_device  # an older sweep's CSV: its rows go on without the device column
         if header[:len(self.leading)] != self.leading or header[-len(TRAILING_COLUMNS):] != list(TRAILING_COLUMNS):
             raise SweepError(f"{self.path}: its columns ({','.join(header)}) differ from this sweep's "
                              f"({','.join(expected)}); use another --csv")
@@ -280,6 +299,8 @@ class ResultsCsv:
 
     def append(self, row: Dict[str, object]) -> None:
         """Append one row (header first if the file is new); a row needing other columns stops the sweep."""
+        if DEVICE_COLUMN not in self.leading:
+            row = {column: value for column, value in row.items() if column != DEVICE_COLUMN}
         eval_columns = sorted(set(row) - set(self.leading) - set(TRAILING_COLUMNS))
         needed = self.leading + eval_columns + list(TRAILING_COLUMNS)
         if self.header is not None and sorted(self.header) != sorted(needed):
@@ -330,12 +351,26 @@ def last_line(path: str) -> str:
     return lines[-1] if lines else ""
 
 
-def launch_run(spec: RunSpec, gpu: Optional[str]) -> RunOutcome:
-    """Run pretrain.py for one spec, its output going to log files in the run folder."""
+def run_environment(gpu: Optional[str]) -> Dict[str, str]:
+    """The environment of a run on `gpu` (None: CUDA_VISIBLE_DEVICES as the sweep has it)."""
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "disabled")
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(gpu: Optional[str]) -> str:
+    """The name of the device a run on `gpu` trains on ("" when the probe fails; the run will say why)."""
+    probe = subprocess.run([sys.executable, "-c", DEVICE_PROBE], env=run_environment(gpu), capture_output=True,
+                           text=True)
+    return probe.stdout.strip() if probe.returncode == 0 else ""
+
+
+def launch_run(spec: RunSpec, gpu: Optional[str]) -> RunOutcome:
+    """Run pretrain.py for one spec, its output going to log files in the run folder."""
+    env = run_environment(gpu)
     start = time.perf_counter()
     stderr_path = os.path.join(spec.run_dir, STDERR_LOG)
     with open(os.path.join(spec.run_dir, STDOUT_LOG), "w") as out, open(stderr_path, "w") as err:
@@ -377,7 +412,7 @@ def routing_summary(train_rows: Sequence[dict]) -> Dict[str, Optional[float]]:
     return summary
 
 
-def summarize_run(spec: RunSpec, wall_time_s: float, fixed_overrides: str) -> Dict[str, object]:
+def summarize_run(spec: RunSpec, outcome: RunOutcome, fixed_overrides: str) -> Dict[str, object]:
     """The CSV row of a finished run, from its metrics.jsonl (and all_config.yaml for tokens/s)."""
     metrics_path = os.path.join(spec.run_dir, METRICS_FILE)
     if not os.path.isfile(metrics_path):
@@ -398,8 +433,9 @@ def summarize_run(spec: RunSpec, wall_time_s: float, fixed_overrides: str) -> Di
         tokens_per_s = steps_per_s * tokens_per_step if tokens_per_step is not None else None
     peaks = [row["train/peak_gpu_memory_gib"] for row in rows if "train/peak_gpu_memory_gib" in row]
     row: Dict[str, object] = {"config_id": spec.config_id, "seed": spec.seed, **spec.point,
-                              "train_time_s": round(wall_time_s, 3), "steps_per_s": steps_per_s,
+                              "train_time_s": round(outcome.wall_time_s, 3), "steps_per_s": steps_per_s,
                               "tokens_per_s": tokens_per_s, "peak_gpu_mem_gib": max(peaks) if peaks else None,
+                              DEVICE_COLUMN: outcome.device,
                               **routing_summary(train_rows),
                               **{k: v for k, v in eval_rows[-1].items() if k != "step"},
                               "fixed_overrides": fixed_overrides, "run_dir": spec.run_dir}
@@ -415,14 +451,14 @@ def run_one(spec: RunSpec, gpu: Optional[str], csv_path: str, launch: Launcher) 
     its folder."""
     earlier = read_marker(spec.run_dir)
     if earlier is not None and earlier.get("status") == "finished":
-        return RunOutcome(0, earlier["wall_time_s"], earlier["stderr_tail"])
+        return RunOutcome(0, earlier["wall_time_s"], earlier["stderr_tail"], earlier.get("device", ""))
     if os.path.exists(spec.run_dir):
         shutil.rmtree(spec.run_dir)  # check_run_folders made sure it is this sweep's own unfinished attempt
     os.makedirs(spec.run_dir)
     marker = dict(csv=os.path.abspath(csv_path), config_id=spec.config_id, seed=spec.seed, gpu=gpu,
-                  command=command_of(spec), status="running")
+                  device=device_name(gpu), command=command_of(spec), status="running")
     write_marker(spec.run_dir, marker)
-    outcome = launch(spec, gpu)
+    outcome = dataclasses.replace(launch(spec, gpu), device=marker["device"])
     write_marker(spec.run_dir, dict(marker, status="finished" if outcome.returncode == 0 else "failed",
                                     returncode=outcome.returncode, wall_time_s=outcome.wall_time_s,
                                     stderr_tail=outcome.stderr_tail))
@@ -436,7 +472,7 @@ def record_run(spec: RunSpec, outcome: RunOutcome, results: ResultsCsv, fixed_ov
     if outcome.returncode != 0:
         raise RunFailure(f"exit status {outcome.returncode}: {outcome.stderr_tail}")
     try:
-        row = summarize_run(spec, outcome.wall_time_s, fixed_overrides)
+        row = summarize_run(spec, outcome, fixed_overrides)
     except RunFailure as e:
         write_marker(spec.run_dir, dict(read_marker(spec.run_dir) or {}, status="failed", failure=str(e)))
         raise
@@ -447,11 +483,12 @@ def record_run(spec: RunSpec, outcome: RunOutcome, results: ResultsCsv, fixed_ov
                          f"(the run is not trained again)") from None
 
 
-def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: str, gpus: Sequence[Optional[str]],
+def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: str, slots: Sequence[Optional[str]],
               launch: Launcher) -> List[Tuple[RunSpec, str]]:
-    """Run `specs` (one per free slot of `gpus`), appending each success to `results`; returns the failures."""
+    """Run `specs`, one per free slot (each a GPU id, listed once per run it may take at a time, or None for
+    the default device), appending each success to `results`; returns the failures."""
     free_gpus: "queue.Queue[Optional[str]]" = queue.Queue()
-    for gpu in gpus:
+    for gpu in slots:
         free_gpus.put(gpu)
 
     def on_free_gpu(spec: RunSpec) -> RunOutcome:
@@ -462,7 +499,7 @@ def run_sweep(specs: Sequence[RunSpec], results: ResultsCsv, fixed_overrides: st
             free_gpus.put(gpu)
 
     failures = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(gpus)) as pool, \
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool, \
             tqdm(total=len(specs), unit="run", desc="sweep") as progress:
         futures = {pool.submit(on_free_gpu, spec): spec for spec in specs}
         try:
@@ -492,6 +529,8 @@ def plan_and_run(args: argparse.Namespace) -> int:
         gpus = args.gpus.split(",")
         if not all(gpus) or len(set(gpus)) != len(gpus):
             raise SweepError(f"--gpus {args.gpus!r}: expected distinct comma-separated GPU ids, e.g. 0,1")
+    if args.runs_per_gpu < 1:
+        raise SweepError(f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
     if args.max_runs is not None and args.max_runs < 1:
         raise SweepError(f"--max-runs must be at least 1, got {args.max_runs}")
     fixed_overrides = " ".join(args.overrides)
@@ -508,7 +547,8 @@ def plan_and_run(args: argparse.Namespace) -> int:
         results.check_writable()
     print(f"sweep: {len(specs)} runs ({len(specs) // len(args.seeds)} grid points x {len(args.seeds)} seeds), "
           f"{skipped} already in {args.csv}, {len(pending)} to run now", flush=True)
-    failures = run_sweep(pending, results, fixed_overrides, gpus, launch_run)
+    slots = [gpu for gpu in gpus for _ in range(args.runs_per_gpu)]
+    failures = run_sweep(pending, results, fixed_overrides, slots, launch_run)
     print(f"sweep: {len(pending) - len(failures)} runs finished, {len(failures)} failed"
           + (f" ({', '.join(f'{s.config_id} seed {s.seed}' for s, _ in failures)})" if failures else ""))
     return 1 if failures else 0

@@ -177,3 +177,97 @@ def test_a_plot_that_cannot_be_written_is_one_line_after_the_statistics(arms, tm
     assert captured.err.strip().splitlines() == [f"error: cannot write {plot}: {reason}"]
     assert plot.is_dir() if target == "folder" else plot.read_bytes() == b"previous plot"
     assert sorted(os.listdir(tmp_path)) == ["ab.png", "b.csv", "t.csv"]
+
+
+def seeded_csv(path, seeds_and_values, controller):
+    return write_csv(path, [(f"controller-{controller}", seed, controller, value) for seed, value in seeds_and_values])
+
+
+@pytest.fixture
+def paired_arms(tmp_path):
+    # The treatment's rows come in another seed order: pairing goes by the seed column, not by row.
+    return (seeded_csv(tmp_path / "b.csv", [(0, 10), (1, 20), (2, 30), (3, 40)], "none"),
+            seeded_csv(tmp_path / "t.csv", [(3, 46), (1, 22), (0, 11), (2, 33)], "hrm"))
+
+
+def test_paired_statistics_match_the_hand_formulas(paired_arms, capsys):
+    result = run_json(capsys, *paired_arms, "--metric", METRIC, "--paired")
+    paired = result["paired"]
+    assert set(paired) == {"n_pairs", "seeds", "mean_difference", "std_difference", "t", "df", "p_value",
+                           "bootstrap_ci95"}
+    # Per seed 0..3, d = 1, 2, 3, 6: mean 3, s^2 = (4 + 1 + 0 + 9) / 3 = 14/3, t = 3 / (s / 2) = 6 sqrt(3/14).
+    assert (paired["n_pairs"], paired["seeds"], paired["df"]) == (4, ["0", "1", "2", "3"], 3)
+    assert paired["mean_difference"] == 3.0 and paired["std_difference"] == pytest.approx(math.sqrt(14 / 3))
+    t = 6 * math.sqrt(3 / 14)
+    assert t == pytest.approx(2.7774603, rel=1e-7)
+    assert paired["t"] == pytest.approx(t, rel=1e-12)
+    assert paired["p_value"] == pytest.approx(2 * stats.t.sf(t, 3), rel=1e-10)
+    assert paired["p_value"] == pytest.approx(0.0691369, rel=1e-5)
+    # The unpaired figures are still there, of the same runs: the pairing is what makes the difference clear.
+    assert result["mean_baseline"] == 25.0 and result["mean_treatment"] == 28.0 and result["p_value"] > 0.7
+
+    # The paired bootstrap draws the same seeds for both arms: it is the bootstrap of the mean difference.
+    low, high = paired["bootstrap_ci95"]
+    def alone(seed):
+        interval = stats.bootstrap((np.array([1.0, 2, 3, 6]),), np.mean, n_resamples=9999, method="percentile",
+                                   random_state=seed).confidence_interval
+        return [interval.low, interval.high]
+    assert [low, high] == alone(0)
+    rng = np.random.default_rng(123)
+    means = rng.choice([1.0, 2, 3, 6], (40000, 4)).mean(1)
+    assert low == pytest.approx(np.percentile(means, 2.5), abs=0.3)
+    assert high == pytest.approx(np.percentile(means, 97.5), abs=0.3)
+    assert run_json(capsys, *paired_arms, "--metric", METRIC, "--paired", "--seed", "7")["paired"]["bootstrap_ci95"] \
+        == alone(7)
+    assert "paired" not in run_json(capsys, *paired_arms, "--metric", METRIC)
+
+    assert compare.main([*paired_arms, "--metric", METRIC, "--paired"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [
+        f"paired      4 seeds (0 1 2 3): mean difference 3 (std {math.sqrt(14 / 3):.6g}), t 2.77746, df 3, "
+        f"two-sided p {2 * stats.t.sf(t, 3):.4g}",
+        f"            paired bootstrap 95% CI [{low:.6g}, {high:.6g}] (seeds resampled, percentile, 9999 resamples, "
+        f"seed 0)"]
+
+
+def test_paired_arms_from_one_sweep_csv_and_a_plot(tmp_path, capsys):
+    import matplotlib.image
+
+    # A sweep CSV as sweep.py writes it now (with the device column): both arms filtered out of it.
+    columns = ("config_id", "seed", "arch.routing.controller", "device", METRIC)
+    path = write_csv(tmp_path / "sweep.csv", [
+        ("controller-none", 0, "none", "NVIDIA H200", 0.5), ("controller-hrm", 0, "hrm", "NVIDIA H200", 0.75),
+        ("controller-none", 1, "none", "NVIDIA H200", 0.25), ("controller-hrm", 1, "hrm", "NVIDIA H200", 0.375)],
+        columns)
+    result = run_json(capsys, path, path, "--metric", METRIC, "--paired", "--plot", str(tmp_path / "ab.png"),
+                      "--baseline-filter", "arch.routing.controller=none",
+                      "--treatment-filter", "arch.routing.controller=hrm")
+    assert result["paired"]["seeds"] == ["0", "1"] and result["paired"]["mean_difference"] == 0.1875
+    assert matplotlib.image.imread(str(tmp_path / "ab.png")).shape[:2] == (480, 960)
+
+
+@pytest.mark.parametrize("baseline, treatment, message", [
+    ([(0, 1.0), (1, 2.0), (2, 3.0)], [(0, 1.5), (1, 2.0), (3, 3.5)],
+     "error: --paired: the arms' seeds do not pair up (baseline only: 2; treatment only: 3)"),
+    ([(0, 1.0), (1, 2.0)], [(0, 1.5), (1, 2.0), (2, 2.5), (10, 1.0)],
+     "error: --paired: the arms' seeds do not pair up (treatment only: 2 10)"),
+    ([(0, 1.0), (1, 2.0), (1, 3.0)], [(0, 1.5), (1, 2.5)],
+     "error: --paired: seed 1 is in 2 rows of the baseline arm; each seed must be one run of each arm "
+     "(filter the arm to one setting)"),
+    ([(0, 1.0), (1, 2.0), (2, 4.0)], [(0, 1.5), (1, 2.5), (2, 4.5)],
+     f"error: --paired: {METRIC} treatment - baseline is 0.5 for every seed: the paired t statistic is undefined"),
+])
+def test_paired_arms_whose_seeds_do_not_pair_up_are_one_line_errors(tmp_path, capsys, baseline, treatment, message):
+    b, t = seeded_csv(tmp_path / "b.csv", baseline, "none"), seeded_csv(tmp_path / "t.csv", treatment, "hrm")
+    assert compare.main([b, t, "--metric", METRIC, "--paired"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [message] and captured.out == ""
+
+
+def test_paired_needs_a_seed_column(tmp_path, capsys):
+    no_seeds = write_csv(tmp_path / "b.csv", [("a", 1.0), ("a", 2.0)], columns=("config_id", METRIC))
+    assert compare.main([no_seeds, no_seeds, "--metric", METRIC, "--paired"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {no_seeds}: no column 'seed' (columns: config_id, {METRIC})"]
+    # Without --paired, the same file compares as before.
+    assert compare.main([no_seeds, no_seeds, "--metric", METRIC]) == 0

@@ -1,13 +1,20 @@
-"""What the training loop refuses before its first step: a dataset whose splits disagree, a run of no steps."""
+"""What the training loop refuses before its first step (a dataset whose splits disagree, a run of no steps),
+and the arms of a routing A/B, which differ only in their controllers."""
 import os
 
 import numpy as np
 import pytest
+import torch
 
 from dataset.common import atomic_output_dir
 from dataset.format import PuzzleDatasetMetadata, save_identifiers, save_split
+from training.build import create_loader, read_metadata
+from training.distributed import DistributedContext
+from training.loop import create_train_state, train_step
 
-from tiny_runs import TINY_OVERRIDES, pretrain_in_process
+from tiny_runs import TINY_OVERRIDES, make_config, pretrain_in_process
+
+CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
 
 def write_dataset(path, train_sets=("all",), train_examples=96, test_seq_len=12, test_vocab_size=6,
@@ -66,3 +73,73 @@ def test_a_run_that_would_take_no_step_is_refused_with_the_numbers(overrides, nu
 def test_a_train_split_with_no_sets_is_refused(tmp_path, capsys):
     data_path = write_dataset(tmp_path / "data", train_sets=())
     assert refusal(data_path, tmp_path / "run", capsys).endswith("has no sets: the run would take 0 steps")
+
+
+def ab_arm(data_path, controller, *overrides):
+    """A run's config and training state as pretrain.py builds them: the plain arm is hrm_v1."""
+    if controller == "none":
+        config = make_config(data_path, *overrides)
+    else:
+        config = make_config(data_path, f"arch.routing.controller={controller}", *overrides, arch="hrm_poh")
+    torch.manual_seed(config.seed)  # as train_in_run_folder seeds rank 0
+    return config, create_train_state(config, read_metadata(config, "train"), CPU)
+
+
+def train_batches_of(config, count):
+    loader, _ = create_loader(config, "train", CPU, test_set_mode=False, epochs_per_iter=config.epochs_per_round)
+    batches = []
+    for batch in loader.dataset:  # the loader's own iteration, without its worker process
+        batches.append(batch)
+        if len(batches) == count:
+            return batches
+
+
+def test_the_encoder_clip_is_off_by_default_as_in_the_reference(tiny_dataset):
+    assert make_config(tiny_dataset).routing.encoder_clip is None
+    assert make_config(tiny_dataset, arch="hrm_poh").routing.encoder_clip is None
+
+
+@pytest.mark.parametrize("controller, encoder_clip", [("classical", "1e-3"), ("hrm", "1e-3"), ("hrm_act", "1e-3"),
+                                                     ("hrm", "null")])
+def test_the_arms_of_a_routing_ab_differ_only_in_the_controller(tiny_dataset, controller, encoder_clip):
+    # With controllers that route uniformly (a zero last layer, kept by the warm-up freeze), a routed arm is the
+    # plain model: same initial weights (paired seeds), data, clip, optimizer and schedules give the plain arm's
+    # weights bit for bit, step after step.
+    overrides = [f"routing.encoder_clip={encoder_clip}", "routing.warmup_epochs=5", "routing.schedule_epoch_steps=1"]
+    arms = {name: ab_arm(tiny_dataset, name, *overrides) for name in ("none", controller)}
+    routers = arms[controller][1].base_model.routers().values()
+    assert len(routers) == 2
+    for router in routers:
+        with torch.no_grad():
+            router.router[-1].weight.zero_()
+            router.router[-1].bias.zero_()
+    norms = {}
+    for name, (config, state) in arms.items():
+        shared, adam = state.shared_weights, state.optimizers[-1]
+        norms[name] = []
+        real_step = adam.step
+
+        def step_recording_the_norm(*args, real_step=real_step, shared=shared, seen=norms[name], **kwargs):
+            seen.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in shared])).item())
+            return real_step(*args, **kwargs)
+        adam.step = step_recording_the_norm
+        for _, batch, global_batch_size in train_batches_of(config, 3):
+            train_step(state, batch, config, CPU, global_batch_size)
+    assert norms["none"] == norms[controller] and len(norms["none"]) == 3
+    if encoder_clip == "1e-3":
+        assert norms["none"] == pytest.approx([1e-3] * 3, rel=1e-5)
+    else:
+        assert min(norms["none"]) > 1e-2  # not clipped
+    plain = arms["none"][1].base_model.state_dict()
+    routed = arms[controller][1].base_model.state_dict()
+    assert all(torch.equal(plain[key], routed[key]) for key in plain)
+    assert torch.equal(arms["none"][1].carry.inner_carry.z_H, arms[controller][1].carry.inner_carry.z_H)
+
+
+def test_the_arms_of_a_routing_ab_see_the_same_data_in_the_same_order(tiny_dataset):
+    plain = train_batches_of(make_config(tiny_dataset), 6)
+    routed = train_batches_of(make_config(tiny_dataset, "arch.routing.controller=hrm", arch="hrm_poh"), 6)
+    for (_, a, size_a), (_, b, size_b) in zip(plain, routed, strict=True):
+        assert size_a == size_b and all(torch.equal(a[key], b[key]) for key in a)
+    other_seed = train_batches_of(make_config(tiny_dataset, "seed=1"), 6)
+    assert not all(torch.equal(a["inputs"], b["inputs"]) for (_, a, _), (_, b, _) in zip(plain, other_seed))

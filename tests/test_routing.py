@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from models.routing import (DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN, ACTHRMPointerController, ACTState,
                             HRMPointerController, HRMState, PointerOverHeadsController, RoutingConfig, build_router,
-                            routing_diagnostics)
+                            controller_seed, new_controller, routing_diagnostics)
 
 B, L, D, HEADS = 3, 5, 16, 6
 CONTROLLERS = ["classical", "hrm", "hrm_act"]
@@ -577,7 +577,7 @@ def test_routing_diagnostics_do_not_track_gradients():
                                        ("hrm_act", ACTHRMPointerController)])
 def test_build_router_passes_the_config_options(kind, cls):
     config = RoutingConfig(controller=kind, d_ctrl=8, topk=2, T=3, max_ponders=7, halt_epsilon=0.05)
-    controller = build_router(config, D, HEADS)
+    controller = build_router(config, D, HEADS, name="L")
     assert type(controller) is cls
     # Every controller starts at the one default temperature pair; training's schedule takes over from there.
     assert (controller.topk, controller.temperature, controller.temperature_min) == (
@@ -595,10 +595,35 @@ def test_build_router_passes_the_config_options(kind, cls):
 def test_routing_config_defaults_and_errors():
     assert RoutingConfig().controller == "none"
     with pytest.raises(ValueError, match="no controller"):
-        build_router(RoutingConfig(), D, HEADS)
+        build_router(RoutingConfig(), D, HEADS, name="L")
     with pytest.raises(pydantic.ValidationError):
         RoutingConfig(controller="hrm", hrm_T=4)
     with pytest.raises(pydantic.ValidationError):  # a training setting, not architecture
         RoutingConfig(controller="hrm", temperature_init=1.0)
     with pytest.raises(ValueError, match="topk"):
-        build_router(RoutingConfig(controller="hrm", topk=HEADS + 1), D, HEADS)
+        build_router(RoutingConfig(controller="hrm", topk=HEADS + 1), D, HEADS, name="L")
+
+
+
+@pytest.mark.parametrize("kind", CONTROLLERS)
+def test_build_router_draws_from_its_own_generator_and_spares_the_default_one(kind):
+    config = RoutingConfig(controller=kind)
+
+    def build(seed, name):
+        torch.manual_seed(seed)
+        torch.rand(7)  # whatever was drawn before does not matter
+        before = torch.get_rng_state()
+        controller = build_router(config, D, HEADS, name=name)
+        assert torch.equal(torch.get_rng_state(), before) and torch.initial_seed() == seed
+        return controller.state_dict()
+
+    def same(a, b):
+        return all(torch.equal(a[key], b[key]) for key in a)
+
+    # The weights are the controller class's own initialisation, drawn from the derived seed.
+    torch.manual_seed(3)
+    torch.manual_seed(controller_seed("H"))
+    expected = new_controller(config, D, HEADS).state_dict()
+    assert same(build(3, "H"), expected)
+    assert same(build(3, "H"), build(3, "H"))
+    assert not same(build(3, "H"), build(3, "L")) and not same(build(3, "H"), build(4, "H"))

@@ -49,6 +49,26 @@ def test_a_train_state_without_a_version_still_loads(tmp_path):
     assert loaded.config == {"lr": 3e-4} and loaded.data_fingerprint == "f00" and loaded.ema == {"rate": 0.9}
 
 
+@pytest.mark.parametrize("version, controller, read_clip", [
+    (1, "none", None), (1, "hrm", 1.0), (0, "none", None), (TRAIN_STATE_VERSION, "none", 1.0)])
+def test_an_older_state_of_a_plain_model_reads_with_the_encoder_clip_it_ran_with(tmp_path, version, controller,
+                                                                                 read_clip):
+    # Before version 2, routing.encoder_clip (default 1.0) clipped only models with routing controllers.
+    config = {"arch": {"routing": {"controller": controller}}, "routing": {"encoder_clip": 1.0, "controller_clip": 0.5}}
+    path = write_train_state(str(tmp_path), saved_state(config=config))
+    values = torch.load(path, weights_only=False)
+    if version == 0:
+        values["run"] = {"config": values.pop("config"), "data_fingerprint": values.pop("data_fingerprint")}
+        values["world_size"] = 2
+        del values["version"]
+    else:
+        values["version"] = version
+    torch.save(values, path)
+    loaded = read_train_state(path)
+    assert loaded.config == {"arch": config["arch"], "routing": {"encoder_clip": read_clip, "controller_clip": 0.5}}
+    assert loaded.version == version
+
+
 def test_a_foreign_file_is_not_a_train_state(tmp_path):
     path = tmp_path / "train_state.pt"
     torch.save({"model": WEIGHTS}, path)

@@ -1,5 +1,6 @@
-"""puzzle_tools/sweep.py: grid expansion, CSV rows from a run folder, skip-and-resume, failures, parallel slots,
-and a real tiny CPU sweep that is cut off and resumed."""
+"""puzzle_tools/sweep.py: grid expansion, CSV rows from a run folder, skip-and-resume, failures, parallel slots
+(several runs per GPU), the device column, and a real tiny CPU sweep that is cut off and resumed."""
+import collections
 import csv
 import json
 import os
@@ -15,7 +16,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from dataset.format import PuzzleDatasetMetadata
-from puzzle_tools import sweep
+from puzzle_tools import compare, sweep
 from tiny_runs import TINY_OVERRIDES
 
 GRID = ["--grid", "arch.routing.controller=none,hrm"]
@@ -64,6 +65,7 @@ def test_grid_expands_seed_major_with_readable_ids_and_the_routing_arch():
     (["--seeds", "0", "0"], "error: --seeds 0 0: a seed is listed twice"),
     (["--gpus", "0,,1"], "error: --gpus '0,,1': expected distinct comma-separated GPU ids, e.g. 0,1"),
     (["--max-runs", "0"], "error: --max-runs must be at least 1, got 0"),
+    (["--runs-per-gpu", "0"], "error: --runs-per-gpu must be at least 1, got 0"),
     (["--seeds", "0", "data=x"], "error: argument --seeds: invalid int value: 'data=x'"),  # forgot the --
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
@@ -128,8 +130,13 @@ class StubRuns:
         return sweep.RunOutcome(1 if failed else 0, 3.25, "RuntimeError: boom" if failed else "")
 
 
+def fake_device_name(gpu):
+    return "cpu" if gpu is None else f"GPU {gpu}"
+
+
 def run_main(monkeypatch, stub, tmp_path, *extra):
     monkeypatch.setattr(sweep, "launch_run", stub)
+    monkeypatch.setattr(sweep, "device_name", fake_device_name)
     return sweep.main(["--csv", str(tmp_path / "r.csv"), "--runs-dir", str(tmp_path / "runs"), *GRID,
                        "--seeds", "0", "1", *extra, "--", "data=x", "epochs=2"])
 
@@ -141,8 +148,9 @@ def test_rows_come_from_the_run_folder_and_a_cut_off_sweep_resumes(tmp_path, mon
         ("controller-none", 0), ("controller-hrm", 0), ("controller-none", 1)]
     header, rows = read_csv(tmp_path / "r.csv")
     assert header == ["config_id", "seed", "arch.routing.controller", "train_time_s", "steps_per_s", "tokens_per_s",
-                      "peak_gpu_mem_gib", "routing_entropy", "head_concentration", "top1_share", "n_H_updates",
-                      *EVAL_KEYS, "fixed_overrides", "run_dir"]
+                      "peak_gpu_mem_gib", "device", "routing_entropy", "head_concentration", "top1_share",
+                      "n_H_updates", *EVAL_KEYS, "fixed_overrides", "run_dir"]
+    assert [row["device"] for row in rows] == ["cpu"] * 3
     none0, hrm0, none1 = rows
     assert none0["config_id"] == "controller-none" and none0["arch.routing.controller"] == "none"
     assert none0["fixed_overrides"] == "data=x epochs=2"
@@ -264,6 +272,78 @@ def test_parallel_runs_take_one_gpu_each(tmp_path, monkeypatch):
     assert len(read_csv(tmp_path / "r.csv")[1]) == 4
 
 
+class OverlappingRuns(StubRuns):
+    """StubRuns whose first `parties` runs each wait until all of them are running: the sweep passes only if it
+    runs that many at once (a barrier broken by its timeout fails the run), with no timing luck involved. It
+    also counts the runs each GPU holds at a time."""
+
+    def __init__(self, tmp_path, parties):
+        super().__init__(tmp_path)
+        self.parties = parties
+        self.barrier = threading.Barrier(parties, timeout=60)
+        self.running, self.most = collections.Counter(), collections.Counter()
+        self.arrived = 0
+
+    def __call__(self, spec, gpu):
+        with self.lock:
+            waits = self.arrived < self.parties
+            self.arrived += 1
+            self.running[gpu] += 1
+            self.most[gpu] = max(self.most[gpu], self.running[gpu])
+        if waits:
+            self.barrier.wait()
+        try:
+            return super().__call__(spec, gpu)
+        finally:
+            with self.lock:
+                self.running[gpu] -= 1
+
+
+@pytest.mark.parametrize("flags, slots", [(["--gpus", "3,5", "--runs-per-gpu", "2"], {"3": 2, "5": 2}),
+                                          (["--runs-per-gpu", "2"], {None: 2})])
+def test_runs_per_gpu_runs_that_many_at_once_on_each_gpu(tmp_path, monkeypatch, flags, slots):
+    stub = OverlappingRuns(tmp_path, parties=sum(slots.values()))
+    assert run_main(monkeypatch, stub, tmp_path, "--seeds", "0", "1", "2", *flags) == 0  # 6 runs
+    assert stub.most == slots and stub.barrier.n_waiting == 0 and not stub.barrier.broken
+    header, rows = read_csv(tmp_path / "r.csv")
+    assert len(rows) == 6 and "device" in header
+    for row in rows:
+        with open(os.path.join(row["run_dir"], sweep.MARKER_FILE)) as f:
+            marker = json.load(f)
+        assert row["device"] == marker["device"] == fake_device_name(marker["gpu"])
+
+
+def test_an_older_sweeps_csv_without_the_device_column_is_continued_without_it(tmp_path, monkeypatch):
+    stub = StubRuns(tmp_path)
+    assert run_main(monkeypatch, stub, tmp_path, "--max-runs", "1") == 0
+    header, rows = read_csv(tmp_path / "r.csv")
+    old_header = [column for column in header if column != "device"]
+    with open(tmp_path / "r.csv", "w", newline="") as f:  # as an older sweep wrote it
+        writer = csv.DictWriter(f, fieldnames=old_header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert run_main(monkeypatch, stub, tmp_path) == 0
+    header, rows = read_csv(tmp_path / "r.csv")
+    assert header == old_header and len(rows) == 4
+    # compare.py reads it, as it reads the new ones.
+    assert compare.main([str(tmp_path / "r.csv")] * 2 + ["--metric", "all/exact_accuracy",
+                                                         "--baseline-filter", "arch.routing.controller=none",
+                                                         "--treatment-filter", "arch.routing.controller=hrm"]) == 0
+
+
+def test_the_device_is_asked_of_a_child_process_with_the_runs_gpu(monkeypatch):
+    # A stand-in probe that names the GPU it was given; the real one prints torch.cuda.get_device_name() or "cpu".
+    monkeypatch.setattr(sweep, "DEVICE_PROBE", "import os; print('GPU', os.environ.get('CUDA_VISIBLE_DEVICES'))")
+    sweep.device_name.cache_clear()
+    try:
+        assert sweep.device_name("4") == "GPU 4"
+        monkeypatch.setattr(sweep, "DEVICE_PROBE", "raise SystemExit(1)")
+        assert sweep.device_name("4") == "GPU 4"  # asked once per GPU
+        assert sweep.device_name("5") == ""  # a failed probe: the run itself will report what is wrong
+    finally:
+        sweep.device_name.cache_clear()
+
+
 def test_the_launched_command_sets_wandb_off_and_the_gpu(tmp_path, monkeypatch):
     # A stand-in pretrain.py that prints its arguments and environment.
     script = tmp_path / "pretrain.py"
@@ -320,6 +400,7 @@ def test_a_tiny_cpu_sweep_cut_off_and_resumed_has_every_row_once(tiny_dataset, t
             assert row["peak_gpu_mem_gib"] == ""
         assert 0 <= float(row["all/exact_accuracy"]) <= 1 and float(row["all/accuracy"]) > 0.5
         assert float(row["all/steps"]) == 3.0  # evaluation runs halt_max_steps
+        assert row["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
         with open(os.path.join(row["run_dir"], "all_config.yaml")) as f:
             config = yaml.safe_load(f)
         # arch=hrm_poh was added for the routing key; "none" is the plain HRM.

@@ -27,7 +27,7 @@ from training.fast_path import prepare_model
 from training.init_from import init_from_checkpoint
 from training.metrics import TrainMetrics, arc_metrics
 from training.metrics_log import MetricsLogger, flatten_eval_metrics, format_evaluation
-from training.optimization import build_optimizers, freeze_network, learning_rate
+from training.optimization import build_optimizers, clip_gradient_norm, freeze_network, learning_rate
 from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
 from training.train_state import TrainState
@@ -78,10 +78,11 @@ def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, 
         broadcast_from_main(list(base_model.parameters()) + list(base_model.buffers()))
     routing = RoutingSchedule(base_model, config.routing, total_steps) if base_model.routers() else None
     groups = base_model.parameter_groups()
+    if config.freeze_weights:
+        groups = freeze_network(groups)
     return TrainState(model=prepare_model(base_model, config, ctx.device), base_model=base_model,
-                      optimizers=build_optimizers(freeze_network(groups) if config.freeze_weights else groups,
-                                                  config, ctx.world_size),
-                      total_steps=total_steps, routing=routing,
+                      optimizers=build_optimizers(groups, config, ctx.world_size),
+                      total_steps=total_steps, routing=routing, shared_weights=groups.weights,
                       ema=WeightEMA(base_model, config.ema_rate) if config.ema else None)
 
 
@@ -104,6 +105,9 @@ def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: Pretra
         sum_gradients(state.base_model.parameters())
     if state.routing is not None:
         state.routing.before_optimizer_step(step)
+    if config.routing.encoder_clip is not None:
+        # With or without controllers, so that the arms of a routing A/B are clipped alike.
+        clip_gradient_norm(state.shared_weights, config.routing.encoder_clip)
     for optimizer in state.optimizers:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, group["base_lr"], config.lr_warmup_steps, state.total_steps,

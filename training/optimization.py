@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List
+from typing import Iterable, List
 
 import torch
 from models.adam_atan2 import AdamATan2
@@ -50,3 +50,10 @@ def freeze_network(groups: ParameterGroups) -> ParameterGroups:
     for parameter in [*groups.weights, *groups.routing]:
         parameter.requires_grad_(False)
     return dataclasses.replace(groups, weights=[], routing=[])
+
+
+def clip_gradient_norm(params: Iterable[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients of `params` (those that have one) so that their joint norm is at most `max_norm`."""
+    grads: List[torch.Tensor] = [p for p in params if p.grad is not None]
+    if grads:
+        torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)

@@ -1,5 +1,5 @@
 """Training of Pointer-over-Heads routing: its config block and schedules (temperature, entropy weight,
-warm-up freeze and gradient clips).
+warm-up freeze and the controllers' gradient clip).
 
 A schedule "epoch" is `routing.schedule_epoch_steps` training steps when set, else one
 `routing.schedule_epochs_per_run`-th of the run (default 1/20). HRM runs last thousands of data epochs, so
@@ -9,17 +9,20 @@ twentieths of the run they keep the proportions of the ~20-epoch runs they came 
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Optional
 
 import pydantic
-import torch
 
 from models.losses import ACTLossHead
 from models.routing import DEFAULT_TEMPERATURE_INIT, DEFAULT_TEMPERATURE_MIN
+from training.optimization import clip_gradient_norm
 
 
 class RoutingScheduleConfig(pydantic.BaseModel):
-    """The training config's `routing` block; it applies only when `arch.routing.controller` is not none."""
+    """The training config's `routing` block. It applies only when `arch.routing.controller` is not none,
+    except `encoder_clip`, which applies to every model, so that the arms of a routing A/B (a plain arm,
+    controller none, beside routed ones) are clipped alike; its default, null, clips nothing, as the
+    reference does."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -31,23 +34,23 @@ class RoutingScheduleConfig(pydantic.BaseModel):
     ponder_tau: float = pydantic.Field(0.01, ge=0, description="hrm_act: weight of the ponder cost in the loss")
     controller_lr: float = pydantic.Field(1e-4, ge=0, description="base learning rate of the controllers")
     controller_clip: Optional[float] = pydantic.Field(0.5, gt=0, description="gradient-norm clip of the controllers")
-    encoder_clip: Optional[float] = pydantic.Field(1.0, gt=0, description="gradient-norm clip of the rest of the model")
+    encoder_clip: Optional[float] = pydantic.Field(None, gt=0, description="gradient-norm clip of every weight "
+                                                                          "but the controllers', with or without them")
     warmup_epochs: int = pydantic.Field(5, ge=0, description="controllers stay frozen for this many epochs")
     schedule_epoch_steps: Optional[int] = pydantic.Field(None, gt=0, description="steps per schedule epoch")
     schedule_epochs_per_run: int = pydantic.Field(20, gt=0, description="schedule epochs in a run, when steps are not set")
 
 
 class RoutingSchedule:
-    """Sets the model's routing controllers and loss weights before each step, and treats their gradients."""
+    """Sets the model's routing controllers and loss weights before each step, and treats the controllers'
+    gradients (the other weights' clip, `encoder_clip`, is the train step's, for every model)."""
 
     def __init__(self, model: ACTLossHead, config: RoutingScheduleConfig, total_steps: int):
         self.model = model
         self.routers = list(model.routers().values())
         self.config = config
         self.steps_per_epoch = config.schedule_epoch_steps or max(1, total_steps // config.schedule_epochs_per_run)
-        groups = model.parameter_groups()
-        self.router_params = groups.routing
-        self.encoder_params = groups.weights
+        self.router_params = model.parameter_groups().routing
 
     def epoch(self, step: int) -> int:
         """Schedule epoch of training step `step` (counted from 1)."""
@@ -72,17 +75,9 @@ class RoutingSchedule:
         self.model.set_routing_loss_weights(entropy=self.entropy_weight(epoch), ponder=self.config.ponder_tau)
 
     def before_optimizer_step(self, step: int) -> None:
-        """Freeze the controllers during warm-up, else clip them; clip the rest of the model."""
+        """Freeze the controllers during warm-up, else clip them."""
         if self.frozen(self.epoch(step)):
             for p in self.router_params:
                 p.grad = None  # the optimizer skips it: no update, no weight decay
         elif self.config.controller_clip is not None:
-            _clip(self.router_params, self.config.controller_clip)
-        if self.config.encoder_clip is not None:
-            _clip(self.encoder_params, self.config.encoder_clip)
-
-
-def _clip(params: Iterable[torch.Tensor], max_norm: float) -> None:
-    grads: List[torch.Tensor] = [p for p in params if p.grad is not None]
-    if grads:
-        torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
+            clip_gradient_norm(self.router_params, self.config.controller_clip)

@@ -317,7 +317,10 @@ def read_best_record(run_dir: str) -> Optional[Dict[str, Any]]:
 
 # 1: the fields of SavedTrainState. Files without a version (0) hold the config and the dataset's
 # fingerprint under "run", and the process count as "world_size".
-TRAIN_STATE_VERSION = 1
+# 2: `routing.encoder_clip` clips every model when set; before, it clipped only models with routing
+# controllers (and defaulted to 1.0), so an older state of a model without them is read with the clip it
+# ran with, null.
+TRAIN_STATE_VERSION = 2
 _LEGACY_KEYS = ("model", "optimizers", "progress", "run", "world_size", "per_rank")
 
 
@@ -372,5 +375,16 @@ def read_train_state(path: str) -> SavedTrainState:
         run = values["run"]
         values = {key: value for key, value in values.items() if key not in ("run", "world_size")}
         values.update(config=run["config"], data_fingerprint=run.get("data_fingerprint"), version=0)
+    if version < 2:
+        values["config"] = _encoder_clip_as_applied(values["config"])
     progress = TrainProgress(**{name: int(value) for name, value in values.pop("progress").items()})
     return SavedTrainState(progress=progress, **values)
+
+
+def _encoder_clip_as_applied(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A config saved before version 2 with the encoder clip it ran with: none without routing controllers."""
+    routing = config.get("routing")
+    controller = ((config.get("arch") or {}).get("routing") or {}).get("controller", "none")
+    if not isinstance(routing, dict) or routing.get("encoder_clip") is None or controller != "none":
+        return config
+    return dict(config, routing=dict(routing, encoder_clip=None))

@@ -44,6 +44,8 @@ class TrainState:
     optimizers: List[torch.optim.Optimizer]
     total_steps: int
     routing: Optional[RoutingSchedule] = None
+    # Every weight but the controllers' (parameter_groups().weights): what `routing.encoder_clip` clips.
+    shared_weights: List[nn.Parameter] = field(default_factory=list)
     ema: Optional[WeightEMA] = None  # with `ema=true`
     progress: TrainProgress = field(default_factory=TrainProgress)
     carry: Any = None  # this process's ACT carry
