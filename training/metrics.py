@@ -3,7 +3,7 @@ processes only when reported."""
 from __future__ import annotations
 
 import enum
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,13 @@ def routing_metric_name(diagnostic: str, level: str) -> str:
     """The name a level's routing diagnostic (a `RoutingDiagnostics` field) is logged under, after `train/`:
     routing_metric_name("top1_share", "H") == "routing/top1_share_H"."""
     return f"routing/{_ROUTING_LOGGED_NAMES[diagnostic]}_{level}"
+
+
+def logged_routing_levels(names: Iterable[str], diagnostic: str) -> List[str]:
+    """The levels (sorted) whose `diagnostic` is among the logged `names` (after `train/`): the inverse of
+    routing_metric_name, so readers of logs need not know which levels a model routes."""
+    prefix = routing_metric_name(diagnostic, "")
+    return sorted(name[len(prefix):] for name in names if name.startswith(prefix) and len(name) > len(prefix))
 
 
 class Reduction(enum.Enum):

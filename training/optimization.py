@@ -1,4 +1,5 @@
-"""The two optimizers of HRM and the learning-rate schedule they share."""
+"""The two optimizers of the models (sign-SGD for the puzzle embedding, Adam-atan2 for the rest) and the
+learning-rate schedule they share."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ from typing import List
 
 import torch
 from models.adam_atan2 import AdamATan2
-from models.hrm import ParameterGroups
+from models import ParameterGroups
 from models.sparse_embedding import SparseEmbeddingSignSGD
 
 
