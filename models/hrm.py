@@ -335,7 +335,7 @@ class HierarchicalReasoningModelACT(nn.Module):
         return ACTCarry(inner_carry, steps, halted, current_data), outputs, routing
 
     def halt_signal(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sequences the Q head would stop (in training)."""
+        """Sequences the Q head would stop (where it halts adaptively: in training)."""
         return outputs["q_halt_logits"] > outputs["q_continue_logits"]
 
     def learns_q_continue(self) -> bool:
