@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: `python evaluate.py --checkpoint checkpoints/<project>/<run>/step_N`.
 
-Reads `all_config.yaml` beside the checkpoint (ours or a reference run's), runs every test example for
-`halt_max_steps` steps and prints per-set metrics as JSON on stdout. Also runs under torchrun.
+Reads `all_config.yaml` beside the checkpoint (ours, the HRM reference's or the TRM release's), runs every
+test example for `halt_max_steps` steps and prints per-set metrics as JSON on stdout. Also runs under torchrun.
 The reference form `python evaluate.py checkpoint=PATH` works too, and a run's `train_state.pt` is
 accepted as the checkpoint.
 
@@ -26,7 +26,7 @@ from models.config_validation import ConfigError
 from training import run_folder
 from training.run_folder import FileWriteError
 from training.build import create_loader, create_model
-from training.config import load_config
+from training.config import from_release_run_config, load_config
 from training.distributed import setup_distributed, teardown_distributed
 from training.ema import WeightEMA
 from training.evaluation import PREDICTION_OUTPUTS, SAVABLE_OUTPUTS, evaluate_with_outputs
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(args.checkpoint):
             raise MissingInputError(f"checkpoint {args.checkpoint} not found")
         run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
-        values = run_folder.read_config(run_dir)
+        values = from_release_run_config(run_folder.read_config(run_dir))
         run_data_path = None
         try:
             run_data_path = find_data_path(str(values.get("data_path")), run_dir)

@@ -11,6 +11,8 @@ from torch import nn
 from models.config_validation import ConfigError, validate_config
 from models.hrm import HierarchicalReasoningModelACT, HRMArchConfig, HRMConfig
 from models.losses import LOSS_FUNCTIONS, ACTLossHead
+from models.hrm import ParameterGroups
+from models.transformer_baseline import TransformerArchConfig, TransformerBaselineACT, TransformerConfig
 from models.trm import TinyRecursiveReasoningModelACT, TRMArchConfig, TRMConfig
 
 LOSS_HEADS = {"losses@ACTLossHead": ACTLossHead}
@@ -25,6 +27,7 @@ class LossConfig(pydantic.BaseModel):
 
 HRM_NAME = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"
 TRM_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+TRANSFORMER_NAME = "recursive_reasoning.transformers_baseline@Model_ACTV2"
 
 
 class HRMArch(HRMArchConfig):
@@ -41,7 +44,14 @@ class TRMArch(TRMArchConfig):
     loss: LossConfig
 
 
-ArchConfig = Union[HRMArch, TRMArch]
+class TransformerArch(TransformerArchConfig):
+    """The `arch` block of a transformer-baseline run config (ours or the TRM release's)."""
+
+    name: Literal[TRANSFORMER_NAME]
+    loss: LossConfig
+
+
+ArchConfig = Union[HRMArch, TRMArch, TransformerArch]
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class Architecture:
 ARCHITECTURES = {
     HRM_NAME: Architecture(HRMArch, HRMConfig, HierarchicalReasoningModelACT),
     TRM_NAME: Architecture(TRMArch, TRMConfig, TinyRecursiveReasoningModelACT),
+    TRANSFORMER_NAME: Architecture(TransformerArch, TransformerConfig, TransformerBaselineACT),
 }
 
 

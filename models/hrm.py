@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import pydantic
 import torch
@@ -52,10 +52,7 @@ class HRMArchConfig(pydantic.BaseModel):
     @pydantic.model_validator(mode="after")
     def _heads_divide_hidden(self) -> "HRMArchConfig":
         check_head_sizes(self.hidden_size, self.num_heads, self.pos_encodings)
-        topk = self.routing.topk
-        if self.routing.controller != "none" and topk is not None and topk > self.num_heads:
-            # The controllers choose the top-k of the heads.
-            raise ValueError(f"routing.topk ({topk}) must be at most num_heads ({self.num_heads})")
+        self.routing.check_heads(self.num_heads)
         return self
 
 
@@ -109,9 +106,10 @@ class ReasoningModule(nn.Module):
     weights scale the heads of every layer of that call.
     """
 
-    def __init__(self, config: HRMConfig, num_layers: int, attention_backend: str, level: str):
+    def __init__(self, config: HRMConfig, num_layers: int, attention_backend: str, level: str,
+                 block: Callable = Block):
         super().__init__()
-        self.layers = nn.ModuleList(Block(config, attention_backend) for _ in range(num_layers))
+        self.layers = nn.ModuleList(block(config, attention_backend) for _ in range(num_layers))
         self.num_heads = config.num_heads
         self.per_token = config.routing.per_token
         if config.routing.controller != "none":
@@ -160,6 +158,31 @@ class ACTCarry:
 # Carries are pytrees, so training moves, joins and splits them leaf by leaf with torch.utils._pytree.
 pytree.register_dataclass(InnerCarry)
 pytree.register_dataclass(ACTCarry)
+
+
+class LevelCalls:
+    """The calls of the levels within one ACT step: each routed level's controller state threads from call
+    to call, and its calls are kept in order for the step's RoutingOutput."""
+
+    def __init__(self, levels: Dict[str, ReasoningModule], router_states: Dict[str, Any], cos_sin: Optional[CosSin]):
+        self.levels = levels
+        self.cos_sin = cos_sin
+        self.router_states = dict(router_states)
+        self.calls: Dict[str, List[RoutingCall]] = {name: [] for name in self.router_states}
+
+    def __call__(self, name: str, hidden: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        hidden, state, routing = self.levels[name](hidden, injection, self.cos_sin, self.router_states.get(name))
+        if routing is not None:
+            self.router_states[name] = state
+            self.calls[name].append(routing)
+        return hidden
+
+    def carried_router_states(self) -> Dict[str, Any]:
+        """The controllers' states for the next step's carry, cut from the graph."""
+        return {k: s.detach() if s is not None else None for k, s in self.router_states.items()}
+
+    def routing(self) -> Optional[RoutingOutput]:
+        return summarize_routing(self.calls)
 
 
 class HierarchicalReasoningModel(nn.Module):
@@ -251,15 +274,7 @@ class HierarchicalReasoningModel(nn.Module):
         cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
-        router_states = dict(carry.router_states)
-        routing_calls: Dict[str, List[RoutingCall]] = {name: [] for name in router_states}
-
-        def run(name: str, hidden: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-            hidden, state, routing = self.levels()[name](hidden, injection, cos_sin, router_states.get(name))
-            if routing is not None:
-                router_states[name] = state
-                routing_calls[name].append(routing)
-            return hidden
+        run = LevelCalls(self.levels(), carry.router_states, cos_sin)
 
         # All cycles but the last L and H updates run without gradient (the "1-step gradient").
         with torch.no_grad():
@@ -273,11 +288,10 @@ class HierarchicalReasoningModel(nn.Module):
         z_L = run("L", z_L, z_H + x)
         z_H = run("H", z_H, z_L)
 
-        new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach(),
-                               router_states={k: s.detach() if s is not None else None for k, s in router_states.items()})
+        new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach(), router_states=run.carried_router_states())
         logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
-        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), summarize_routing(routing_calls)
+        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1]), run.routing()
 
 
 class HierarchicalReasoningModelACT(nn.Module):
@@ -323,28 +337,32 @@ class HierarchicalReasoningModelACT(nn.Module):
         return ACTCarry(inner_carry, steps, halted, current_data), outputs, routing
 
     def halt_signal(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sequences the Q head would stop (in training)."""
+        """Sequences the Q head would stop (where it halts adaptively: in training)."""
         return outputs["q_halt_logits"] > outputs["q_continue_logits"]
 
     def learns_q_continue(self) -> bool:
         """Whether training bootstraps a target for the continue logit (`target_q_continue`)."""
         return True
 
+    def halts_adaptively(self) -> bool:
+        """Whether the Q head may stop sequences before `halt_max_steps` now: in training only."""
+        return self.training
+
     def halted(self, steps: torch.Tensor, outputs: Dict[str, torch.Tensor], inner_carry: InnerCarry,
                current_data: Batch) -> torch.Tensor:
         """Which sequences stop after this step; in training, also adds `target_q_continue` to `outputs`."""
         is_last_step = steps >= self.config.halt_max_steps
         halted = is_last_step
-        if self.training and self.config.halt_max_steps > 1:
+        if self.halts_adaptively() and self.config.halt_max_steps > 1:
             halted = halted | self.halt_signal(outputs)
-            # Exploration: some sequences must run at least a random 2..halt_max_steps steps.
-            explore = torch.rand_like(outputs["q_halt_logits"]) < self.config.halt_exploration_prob
-            min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
-            halted = halted & (steps >= min_halt_steps)
-
-            if self.learns_q_continue():
-                # Bootstrapped Q target from one more step on the new carry.
-                _, _, (next_q_halt, next_q_continue), _ = self.inner(inner_carry, current_data)
-                outputs["target_q_continue"] = torch.sigmoid(
-                    torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
+            if self.training:
+                # Exploration: some sequences must run at least a random 2..halt_max_steps steps.
+                explore = torch.rand_like(outputs["q_halt_logits"]) < self.config.halt_exploration_prob
+                min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
+                halted = halted & (steps >= min_halt_steps)
+        if self.training and self.config.halt_max_steps > 1 and self.learns_q_continue():
+            # Bootstrapped Q target from one more step on the new carry.
+            _, _, (next_q_halt, next_q_continue), _ = self.inner(inner_carry, current_data)
+            outputs["target_q_continue"] = torch.sigmoid(
+                torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
         return halted

@@ -18,11 +18,14 @@ from models.initializers import trunc_normal_init_
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
 
-def check_head_sizes(hidden_size: int, num_heads: int, pos_encodings: str) -> None:
-    """The heads must split `hidden_size` evenly, and RoPE rotates pairs of a head's dimensions: a ValueError
-    naming the sizes otherwise (config validators call it, so the config fails before the model is built)."""
-    if hidden_size % num_heads != 0:
+def check_head_sizes(hidden_size: int, num_heads: int, pos_encodings: str, *, whole_heads: bool = True) -> None:
+    """The heads must split `hidden_size` evenly (with `whole_heads`; else each head has hidden_size // num_heads
+    dimensions, at least one), and RoPE rotates pairs of a head's dimensions: a ValueError naming the sizes
+    otherwise (config validators call it, so the config fails before the model is built)."""
+    if whole_heads and hidden_size % num_heads != 0:
         raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    if num_heads > hidden_size:
+        raise ValueError(f"hidden_size ({hidden_size}) must be at least num_heads ({num_heads})")
     if pos_encodings == "rope" and (hidden_size // num_heads) % 2:
         raise ValueError(f"rope needs an even head size: hidden_size / num_heads = {hidden_size // num_heads}")
 

@@ -410,6 +410,11 @@ class RoutingConfig(pydantic.BaseModel):
     max_ponders: int = pydantic.Field(20, gt=0, description="hrm_act: forced slow update after this many calls")
     halt_epsilon: float = pydantic.Field(0.01, ge=0, lt=1, description="hrm_act: update once accumulated p >= 1 - this")
 
+    def check_heads(self, num_heads: int) -> None:
+        """The controllers choose the top-k of the heads: a ValueError naming both when topk exceeds them."""
+        if self.controller != "none" and self.topk is not None and self.topk > num_heads:
+            raise ValueError(f"routing.topk ({self.topk}) must be at most num_heads ({num_heads})")
+
 
 Controller = Union[PointerOverHeadsController, HRMPointerController, ACTHRMPointerController]
 

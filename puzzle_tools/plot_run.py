@@ -16,14 +16,13 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
-from models.hrm import LEVELS
 from puzzle_tools.tool_io import ToolInputError
-from training.metrics import TRAIN_PREFIX, routing_metric_name
+from training.metrics import TRAIN_PREFIX, logged_routing_levels, routing_metric_name
 from training.run_folder import METRICS_FILE, atomic_path, read_metrics
 
 try:
@@ -42,6 +41,7 @@ class Panel:
     title: str
     metrics: Tuple[Tuple[str, str], ...]  # (name after "train/" or "<set>/", legend label)
     with_evaluations: bool = True
+    routing_diagnostic: Optional[str] = None  # also this diagnostic of every routed level a run logged
 
 
 FIGURES: Dict[str, Tuple[Panel, ...]] = {
@@ -51,10 +51,8 @@ FIGURES: Dict[str, Tuple[Panel, ...]] = {
     "accuracy": (Panel("token accuracy", (("accuracy", ""),)),
                  Panel("exact accuracy", (("exact_accuracy", ""),))),
     "lr": (Panel("learning rate", (("lr", ""),), with_evaluations=False),),
-    "routing": (Panel("routing entropy (mean)", tuple((routing_metric_name("entropy_mean", level), level)
-                                                      for level in LEVELS), with_evaluations=False),
-                Panel("top-1 head share", tuple((routing_metric_name("top1_share", level), level) for level in LEVELS),
-                      with_evaluations=False)),
+    "routing": (Panel("routing entropy (mean)", (), with_evaluations=False, routing_diagnostic="entropy_mean"),
+                Panel("top-1 head share", (), with_evaluations=False, routing_diagnostic="top1_share")),
 }
 
 
@@ -67,6 +65,11 @@ class RunMetrics:
         """(steps, values) of one metric, by step."""
         points = sorted((step, row[key]) for step, row in self.rows.items() if key in row)
         return np.array([p[0] for p in points], dtype=np.int64), np.array([p[1] for p in points], dtype=np.float64)
+
+    def routing_levels(self, diagnostic: str) -> List[str]:
+        """The routed levels whose `diagnostic` the run logged in training."""
+        names = {key[len(TRAIN_PREFIX):] for row in self.rows.values() for key in row if key.startswith(TRAIN_PREFIX)}
+        return logged_routing_levels(names, diagnostic)
 
     def evaluation_sets(self) -> List[str]:
         """Sets with evaluation metrics (`<set>/<metric>` keys other than training's)."""
@@ -109,7 +112,11 @@ class Series:
 def panel_series(panel: Panel, run: RunMetrics) -> List[Series]:
     """What one run shows on a panel: its training curves and evaluation points that were logged."""
     series = []
-    for metric_index, (metric, metric_label) in enumerate(panel.metrics):
+    metrics = panel.metrics
+    if panel.routing_diagnostic is not None:
+        metrics += tuple((routing_metric_name(panel.routing_diagnostic, level), level)
+                         for level in run.routing_levels(panel.routing_diagnostic))
+    for metric_index, (metric, metric_label) in enumerate(metrics):
         label = " ".join(filter(None, [run.name, metric_label]))
         steps, values = run.series(TRAIN_PREFIX + metric)
         if len(steps):

@@ -11,8 +11,9 @@ cut-off sweep has every grid point of the first seeds), or with `--gpus 0,1,...`
 (CUDA_VISIBLE_DEVICES per run). `--runs-per-gpu N` runs up to N at once on each listed GPU (or, without
 `--gpus`, on the default device), for runs too small to fill a GPU alone; `benchmarks/concurrent_runs.py`
 measures which N gives the most steps per second in total. When an `arch.routing.*` key is set and `arch=...`
-is not, `arch=hrm_poh` is added, since those keys exist only in that arch config; `arch.routing.controller=none`
-is then the plain HRM.
+is not, the arch config that adds a `routing` block to the default architecture (the config/arch file
+extending it) is added, since the default's own file has no routing keys; `arch.routing.controller=none` is
+then the plain default architecture.
 
 The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
 
@@ -77,10 +78,9 @@ from tqdm import tqdm
 
 from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
 from dataset.format import read_metadata
-from models.hrm import LEVELS
 from models.routing import RoutingDiagnostics
-from training.metrics import TRAIN_PREFIX, routing_metric_name
-from dataset.text_file import FileReadError, csv_rows, read_json
+from training.metrics import TRAIN_PREFIX, logged_routing_levels, routing_metric_name
+from dataset.text_file import FileReadError, csv_rows, read_json, read_yaml
 from training.run_folder import (METRICS_FILE, FileWriteError, RunFolderError, append_text, read_config, read_metrics,
                                  write_text)
 
@@ -92,7 +92,7 @@ STDOUT_LOG, STDERR_LOG = "sweep_stdout.log", "sweep_stderr.log"
 
 # Keys every run sets itself, so they cannot be swept or fixed.
 PER_RUN_KEYS = ("seed", "checkpoint_path")
-ROUTING_ARCH = "hrm_poh"
+CONFIG_DIR = os.path.join(REPO_ROOT, "config")
 # Logged train rows whose routing diagnostics are averaged: the end of the run, smoothed over a few logs.
 ROUTING_TAIL_ROWS = 5
 
@@ -204,11 +204,26 @@ def check_fixed_overrides(overrides: Sequence[str], grid: Dict[str, List[str]]) 
             raise SweepError(f"override {override!r}: {key} is also swept with --grid; give it in one place")
 
 
+def routed_default_arch() -> str:
+    """The arch config that routes the training config's default architecture: the config/arch file whose
+    `defaults` extend that architecture and that sets `routing`."""
+    training_defaults = read_yaml(os.path.join(CONFIG_DIR, "cfg_pretrain.yaml"), SweepError)["defaults"]
+    default_arch = next(entry["arch"] for entry in training_defaults if isinstance(entry, dict) and "arch" in entry)
+    arch_dir = os.path.join(CONFIG_DIR, "arch")
+    for name in sorted(os.listdir(arch_dir)):
+        arch = read_yaml(os.path.join(arch_dir, name), SweepError)
+        if name.endswith(".yaml") and "routing" in arch and default_arch in arch.get("defaults", []):
+            return name[:-len(".yaml")]
+    raise SweepError(f"arch.routing.* is set, but no config/arch file adds routing to the default {default_arch!r}: "
+                     "choose one with arch=...")
+
+
 def routing_arch_overrides(overrides: Sequence[str], grid: Dict[str, List[str]]) -> List[str]:
-    """`arch=hrm_poh` when routing keys are set and no arch is chosen: `arch.routing.*` exists only there."""
+    """The routed default architecture (`arch=...`) when routing keys are set and no arch is chosen: the default
+    architecture's own file has no `arch.routing.*` keys."""
     keys = [override_key(o) for o in [*overrides, *grid]]
     if any(key.startswith("arch.routing.") for key in keys) and "arch" not in keys:
-        return [f"arch={ROUTING_ARCH}"]
+        return [f"arch={routed_default_arch()}"]
     return []
 
 
@@ -394,8 +409,8 @@ def config_tokens_per_step(run_dir: str) -> Optional[int]:
 
 def logged_routing(row: dict, diagnostic: str) -> List[float]:
     """A train row's values of one routing diagnostic, one per level that logged it."""
-    keys = (TRAIN_PREFIX + routing_metric_name(diagnostic, level) for level in LEVELS)
-    return [row[key] for key in keys if key in row]
+    levels = logged_routing_levels((key[len(TRAIN_PREFIX):] for key in row if key.startswith(TRAIN_PREFIX)), diagnostic)
+    return [row[TRAIN_PREFIX + routing_metric_name(diagnostic, level)] for level in levels]
 
 
 def routing_summary(train_rows: Sequence[dict]) -> Dict[str, Optional[float]]:

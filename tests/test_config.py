@@ -27,6 +27,53 @@ def test_hrm_poh_arch_block_holds_the_typed_defaults_with_the_hrm_controller():
     assert routing == dict(RoutingConfig().model_dump(), controller="hrm")
 
 
+def test_trm_poh_arch_block_holds_the_typed_defaults_with_the_hrm_controller():
+    routing = read_yaml("arch", "trm_poh.yaml")["routing"]
+    assert routing == dict(RoutingConfig().model_dump(), controller="hrm")
+
+
+# The TRM release README's commands: the arch they pick and the settings they give (all of them with
+# lr=1e-4 and ema=True, arch.L_layers=2, the arch's other keys at the release's defaults).
+TRM_README_RUNS = {
+    "trm-sudoku": dict(arch="trm", mlp_t=True, pos_encodings="none", H_cycles=3, L_cycles=6, epochs=50000,
+                       eval_interval=5000, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0,
+                       data_path="data/sudoku-extreme-1k-aug-1000"),
+    "trm-sudoku-att": dict(arch="trm", mlp_t=False, pos_encodings="rope", H_cycles=3, L_cycles=6, epochs=50000,
+                           eval_interval=5000, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0,
+                           data_path="data/sudoku-extreme-1k-aug-1000"),
+    "trm-maze": dict(arch="trm", mlp_t=False, pos_encodings="rope", H_cycles=3, L_cycles=4, epochs=50000,
+                     eval_interval=5000, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0,
+                     data_path="data/maze-30x30-hard-1k"),
+    "trm-arc1": dict(arch="trm", mlp_t=False, pos_encodings="rope", H_cycles=3, L_cycles=4, epochs=100000,
+                     eval_interval=10000, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1,
+                     data_path="data/arc-aug-1000"),
+    "trm-arc2": dict(arch="trm", mlp_t=False, pos_encodings="rope", H_cycles=3, L_cycles=4, epochs=100000,
+                     eval_interval=10000, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1,
+                     data_path="data/arc-2-aug-1000"),
+}
+
+
+@pytest.mark.parametrize("data", TRM_README_RUNS)
+def test_trm_data_configs_are_the_release_readme_commands(data):
+    from pretrain import compose_config
+    expected = dict(TRM_README_RUNS[data])
+    config = load_config(compose_config([f"data={data}"]))
+    arch = config.arch.model_dump()
+    release_arch = read_yaml("arch", f"{expected.pop('arch')}.yaml")
+    assert config.arch.name == release_arch["name"]
+    for key in ("mlp_t", "pos_encodings", "H_cycles", "L_cycles"):
+        assert arch[key] == expected.pop(key), key
+    assert (arch["L_layers"], arch["hidden_size"], arch["halt_max_steps"]) == (2, 512, 16)
+    assert (config.lr, config.ema, config.global_batch_size, config.lr_warmup_steps) == (1e-4, True, 768, 2000)
+    for key, value in expected.items():
+        assert getattr(config, key) == value, key
+    # An arch on the command line replaces the one chosen there and keeps its settings.
+    routed = load_config(compose_config([f"data={data}", "arch=trm_poh", "arch.mlp_t=false",
+                                         "arch.pos_encodings=rope"]))
+    assert routed.arch.routing.controller == "hrm" and routed.arch.L_cycles == arch["L_cycles"]
+    assert routed.epochs == config.epochs
+
+
 def minimal_config(**arch_routing):
     arch = dict(read_yaml("arch", "hrm_v1.yaml"), puzzle_emb_ndim=512, routing=arch_routing)
     values = {k: v for k, v in read_yaml("cfg_pretrain.yaml").items() if k != "defaults"}

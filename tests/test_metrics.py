@@ -3,7 +3,7 @@ import torch
 
 from models.losses import StepMetrics
 from training.distributed import DistributedContext
-from training.metrics import TrainMetrics
+from training.metrics import TrainMetrics, logged_routing_levels, routing_metric_name
 
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -27,3 +27,12 @@ def test_per_sequence_figures_average_over_the_sequences_that_halted():
     metrics.add(step_metrics(2, 1.5, 4.0), None)
     assert metrics.reduce(CPU, global_batch_size=4) == {"train/count": 1.0, "train/accuracy": 0.75,
                                                         "train/steps": 3.0, "train/lm_loss": 1.5}
+
+
+def test_the_routed_levels_are_read_back_from_the_logged_names():
+    names = [routing_metric_name("top1_share", level) for level in ("L", "H")] + [
+        routing_metric_name("entropy_mean", "L"), routing_metric_name("entropy_std", "H"), "lm_loss",
+        "routing/top1_share_"]
+    assert logged_routing_levels(names, "top1_share") == ["H", "L"]
+    assert logged_routing_levels(names, "entropy_mean") == ["L"]  # entropy_std's name does not count
+    assert logged_routing_levels(names, "herfindahl") == []

@@ -216,7 +216,7 @@ def test_recursion_schedule_and_gradient_only_through_the_last_recursion():
     model = tiny_trm(H_cycles=3, L_cycles=4)
     inner = model.model.inner
     calls = []
-    inner.L_level.register_forward_hook(lambda m, i, o: calls.append(o.requires_grad))
+    inner.L_level.register_forward_hook(lambda m, i, o: calls.append(o[0].requires_grad))
     carry = inner.reset_carry(torch.ones(BATCH, dtype=torch.bool), inner.empty_carry(BATCH, torch.device("cpu")))
     new_carry, logits, _, routing = inner(carry, tiny_batch(1))
     # Each recursion: 4 z_L updates, then 1 z_H update; 3 recursions, only the last with gradient.
@@ -305,7 +305,9 @@ def test_training_interface():
     (dict(puzzle_emb_ndim=200), "arch: puzzle_emb_ndim (200) does not fit in puzzle_emb_len (3) positions"),
     (dict(pos_encodings="alibi"), "arch.pos_encodings"),
     (dict(mlp_t="sometimes"), "arch.mlp_t"),
-    (dict(routing=dict(controller="hrm")), "arch.routing: unknown key"),
+    (dict(routing=dict(controller="hrm"), mlp_t=True), "arch: routing weighs attention heads, and mlp_t has none"),
+    (dict(routing=dict(controller="hrm", topk=5)), "arch: routing.topk (5) must be at most num_heads (4)"),
+    (dict(routing=dict(controller="hrm", period=4)), "arch.routing.period: unknown key"),
     (dict(name="recursive_reasoning.nope@Model"), "arch.name: unknown architecture"),
 ])
 def test_bad_trm_configs_name_the_field(overrides, message):

@@ -78,7 +78,9 @@ def make_config(data_path, *overrides, arch="hrm_v1"):
     base = OmegaConf.load(os.path.join(REPO_ROOT, "config", "cfg_pretrain.yaml"))
     base.pop("defaults")
     base.arch = arch_config(arch)
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"data_path={data_path}", *TINY_OVERRIDES, *overrides]))
+    # The tiny sizes of the keys this architecture has (the transformer baseline has no L level).
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("arch.") or o.split("=")[0][len("arch."):] in base.arch]
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"data_path={data_path}", *tiny, *overrides]))
     return load_config(OmegaConf.to_container(merged, resolve=True))
 
 

@@ -100,6 +100,27 @@ class PretrainConfig(pydantic.BaseModel):
         return self.epochs // self.epochs_per_round
 
 
+# Keys of the TRM release's all_config.yaml that only its training reads (its ARC evaluator, when evaluation
+# starts, weight freezing, the checkpoint it started from).
+RELEASE_TRAINING_ONLY_KEYS = ("evaluators", "min_eval_interval", "freeze_weights", "load_checkpoint")
+
+
+def from_release_run_config(values: Dict[str, Any]) -> Dict[str, Any]:
+    """The config of a TRM release run, as its `all_config.yaml` holds it, in this project's keys for evaluating
+    its checkpoints: the dataset it evaluated on (`data_paths_test`, else `data_paths`, one folder) as
+    `data_path`, and the keys only its training reads left out. Configs in this project's keys (ours, the
+    HRM reference's) come back unchanged."""
+    if "data_paths" not in values:
+        return values
+    values = {k: v for k, v in values.items() if k not in RELEASE_TRAINING_ONLY_KEYS}
+    train_paths, test_paths = values.pop("data_paths"), values.pop("data_paths_test", None) or []
+    key, paths = ("data_paths_test", test_paths) if test_paths else ("data_paths", train_paths)
+    if not isinstance(paths, list) or len(paths) != 1:
+        raise ConfigError(f"invalid config: {key}: evaluation reads one dataset folder; the run names {paths!r}")
+    values["data_path"] = paths[0]
+    return values
+
+
 def check_moved_routing_keys(values: Dict[str, Any]) -> None:
     """Routing's training settings once lived under `arch.routing`; name their new place."""
     arch_routing = (values.get("arch") or {}).get("routing") or {}

@@ -3,7 +3,7 @@ processes only when reported."""
 from __future__ import annotations
 
 import enum
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,13 @@ def arc_metrics(scores: Optional[ArcScores]) -> Dict[str, float]:
 
 # The logged figure `step_best` is chosen by (the highest; the first of equals).
 BEST_CHECKPOINT_METRIC = "arc/pass@2"
+
+
+def logged_routing_levels(names: Iterable[str], diagnostic: str) -> List[str]:
+    """The levels (sorted) whose `diagnostic` is among the logged `names` (after `train/`): the inverse of
+    routing_metric_name, so readers of logs need not know which levels a model routes."""
+    prefix = routing_metric_name(diagnostic, "")
+    return sorted(name[len(prefix):] for name in names if name.startswith(prefix) and len(name) > len(prefix))
 
 
 class Reduction(enum.Enum):

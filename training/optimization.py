@@ -1,4 +1,5 @@
-"""The two optimizers of HRM and the learning-rate schedule they share."""
+"""The two optimizers of the models (sign-SGD for the puzzle embedding, Adam-atan2 for the rest) and the
+learning-rate schedule they share."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +8,8 @@ from typing import Iterable, List
 
 import torch
 from models.adam_atan2 import AdamATan2
+from models import ParameterGroups
 from models.config_validation import ConfigError
-from models.hrm import ParameterGroups
 from models.sparse_embedding import SparseEmbeddingSignSGD
 
 
