@@ -109,7 +109,8 @@ def create_loader(config: PretrainConfig, split: str, ctx: DistributedContext, t
 
 
 def create_model(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> nn.Module:
-    """The loss-head-wrapped model for this dataset, with this rank's share of the batch, on the device."""
-    return build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size, seq_len=metadata.seq_len,
+    """The loss-head-wrapped model for this dataset, sized for this rank's micro-batches, on the device."""
+    micro_batch = config.global_batch_size // ctx.world_size // config.grad_accum_steps
+    return build_model(config.arch, batch_size=micro_batch, seq_len=metadata.seq_len,
                        vocab_size=metadata.vocab_size,
                        num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)

@@ -35,3 +35,11 @@ def build_optimizers(groups: ParameterGroups, config, world_size: int) -> List[t
         adam_groups.append(dict(params=groups.routing, base_lr=config.routing.controller_lr))
     optimizers.append(AdamATan2(adam_groups, lr=0, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)))
     return optimizers
+
+
+def keep_micro_batch_gradients(optimizers: List[torch.optim.Optimizer]) -> None:
+    """After each micro-batch but a step's last: dense gradients add up by themselves, but the puzzle
+    embedding's are per looked-up row, which the next micro-batch replaces, so its optimizer keeps them."""
+    for optimizer in optimizers:
+        if isinstance(optimizer, SparseEmbeddingSignSGD):
+            optimizer.keep_micro_batch()
