@@ -234,6 +234,10 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
     train_loader, _ = create_loader(config, "train", ctx, test_set_mode=False, epochs_per_iter=config.epochs_per_round,
                                     start_round=progress.rounds_done)
     eval_loader, eval_metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
+    sample_loader = None  # eval_max_examples: the evaluations before the last walk a fixed sample
+    if config.eval_max_examples is not None:
+        sample_loader, _ = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1,
+                                         max_examples=config.eval_max_examples)
 
     logger = None
     if ctx.is_main:
@@ -280,15 +284,18 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
                 log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
 
             step = progress.step
+            # A sample's outputs are not saved: scoring them would read as the whole split's scores.
+            sample = sample_loader is not None and progress.rounds_done < config.num_rounds
             with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
-                eval_metrics = evaluate(state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
+                eval_metrics = evaluate(state.model, sample_loader if sample else eval_loader, eval_metadata, ctx,
+                                        () if sample else config.eval_save_outputs,
                                         outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
                                         routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step))
                 if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
                     run_folder.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
             if logger is not None and eval_metrics is not None:
-                logger.log(flatten_eval_metrics(eval_metrics), step=min(step, state.total_steps))
-                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics))
+                logger.log(flatten_eval_metrics(eval_metrics, sample), step=min(step, state.total_steps))
+                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics, sample))
             save_state()
             if stop.should_stop(ctx, synchronise=True):
                 raise interrupt(stop)

@@ -14,6 +14,9 @@ from training.distributed import DistributedContext
 
 # Prefix of the training figures' logged names (`train/<name>`).
 TRAIN_PREFIX = "train/"
+# Prefix of the logged names of an evaluation on a sample of the test split (`eval_max_examples`):
+# `sample/<set>/<name>`; an evaluation of the whole split logs `<set>/<name>`.
+EVAL_SAMPLE_PREFIX = "sample/"
 
 # The logged name of each RoutingDiagnostics field: the names runs have always logged, so older run
 # folders still plot and sweep.
