@@ -76,9 +76,12 @@ def json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict:
 
 
 def random_batches(count, batch_size, seq_len, vocab_size, num_identifiers, device):
-    batches = [{"inputs": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32),
-                "labels": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32),
-                "puzzle_identifiers": torch.randint(0, num_identifiers, (batch_size,), dtype=torch.int32)}
+    # Seeded, so runs of other settings (e.g. --grad-accum-steps) train on the same batches.
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"inputs": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32, generator=generator),
+                "labels": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32, generator=generator),
+                "puzzle_identifiers": torch.randint(0, num_identifiers, (batch_size,), dtype=torch.int32,
+                                                    generator=generator)}
                for _ in range(count)]
     return [{k: v.pin_memory() for k, v in b.items()} for b in batches] if device.type == "cuda" else batches
 
