@@ -1,5 +1,6 @@
 """Gradient accumulation: steps over micro-batches give the whole batch's weights, carry and logged figures
-(exploration on or off), bad values fail at start-up, and `auto` picks the fewest micro-batches that fit."""
+(exploration on or off), bad values fail at start-up, `auto` picks the fewest micro-batches that fit, and a
+resumed run may change their number."""
 import os
 import re
 
@@ -13,6 +14,7 @@ from models.hrm import LEVELS
 from training.distributed import DistributedContext
 from training.grad_accumulation import check_grad_accum_steps, choose_grad_accum_steps
 from training.loop import create_train_state, resolve_grad_accum_steps, run_training, train_step
+from training.resume import compare_configs
 from training.metrics import TRAIN_PREFIX, TrainMetrics, routing_metric_name
 
 from tiny_runs import make_config, read_metrics, train_losses
@@ -141,3 +143,9 @@ def test_auto_on_a_gpu_keeps_whole_batches_that_fit_and_leaves_the_seeded_run_al
     config = make_config("unused", "grad_accum_steps=auto", "compile=false")
     assert resolve_grad_accum_steps(config, METADATA, gpu).grad_accum_steps == 1
     assert capsys.readouterr().out.startswith("grad_accum_steps=auto: 1 (micro-batches of 16 sequences")
+
+
+def test_a_resumed_run_may_take_other_micro_batches_or_another_evaluation_sample():
+    saved = make_config("unused", "checkpoint_path=unused").model_dump()
+    changed = make_config("unused", "checkpoint_path=unused", "grad_accum_steps=4", "eval_max_examples=8")
+    assert compare_configs(saved, changed, None, "unused") == {}
