@@ -129,8 +129,8 @@ def main(argv=None) -> int:
             if not args.data_path:
                 raise
         values["data_path"] = args.data_path or run_data_path
-        # A resumed or interrupted run's config names its state; evaluation needs neither.
-        values.update(resume=None, checkpoint_path=run_dir)
+        # A resumed or interrupted run's config names its state; evaluation needs neither, and runs whole batches.
+        values.update(resume=None, checkpoint_path=run_dir, grad_accum_steps=1)
         if args.global_batch_size:
             values["global_batch_size"] = args.global_batch_size
         if args.no_compile:

@@ -8,7 +8,8 @@ and prints both with their ratio. `--eval` also times evaluation (every test seq
 ACT steps) in test sequences per second. Under torchrun it measures the distributed step (gradient sums
 and embedding all-gather included) at the given per-GPU batch. `--barrier-dir DIR --barrier-size K` makes
 K processes started together (benchmarks/concurrent_runs.py) wait for each other after their warm-up, so
-that all of them time the same interval.
+that all of them time the same interval. `--grad-accum-steps N` splits each step into N
+micro-batches (gradient accumulation), so the peak memory it prints can be read against N.
 """
 import argparse
 import contextlib
@@ -28,7 +29,9 @@ from training import fast_path
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
 from training.evaluation import evaluate
+from training.grad_accumulation import check_grad_accum_steps
 from training.loop import create_train_state, train_step
+from training.metrics import TrainMetrics
 
 # Dataset shapes of the published tasks: (seq_len, vocab_size, num_puzzle_identifiers).
 TASK_SHAPES = {"sudoku": (81, 11, 1), "maze": (900, 6, 1), "arc": (900, 12, 960_000)}
@@ -63,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--barrier-dir", default=None, help="with --barrier-size: a folder the processes that "
                                                             "time together share")
     parser.add_argument("--barrier-size", type=int, default=1, help="processes to wait for after the warm-up")
+    parser.add_argument("--grad-accum-steps", type=int, default=1,
+                        help="micro-batches per step (gradient accumulation: peak memory falls with it)")
     args = parser.parse_args(argv)
     args.arch = json_object(parser, "--arch", args.arch)
     args.inductor_options = json_object(parser, "--inductor-options", args.inductor_options)
@@ -90,9 +95,12 @@ def wait_at_barrier(folder: str, parties: int, label: str) -> None:
 
 
 def random_batches(count, batch_size, seq_len, vocab_size, num_identifiers, device):
-    batches = [{"inputs": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32),
-                "labels": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32),
-                "puzzle_identifiers": torch.randint(0, num_identifiers, (batch_size,), dtype=torch.int32)}
+    # Seeded, so runs of other settings (e.g. --grad-accum-steps) train on the same batches.
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"inputs": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32, generator=generator),
+                "labels": torch.randint(1, vocab_size, (batch_size, seq_len), dtype=torch.int32, generator=generator),
+                "puzzle_identifiers": torch.randint(0, num_identifiers, (batch_size,), dtype=torch.int32,
+                                                    generator=generator)}
                for _ in range(count)]
     return [{k: v.pin_memory() for k, v in b.items()} for b in batches] if device.type == "cuda" else batches
 
@@ -114,7 +122,8 @@ def measure(args, ctx, fast: bool, shapes, batches):
     config = load_config(dict(arch=arch, data_path="unused", global_batch_size=global_batch, epochs=1, lr=1e-4,
                               lr_min_ratio=1.0, lr_warmup_steps=2000, weight_decay=1.0, beta1=0.9, beta2=0.95,
                               puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0, compile=not args.no_compile,
-                              fast_path=fast, checkpoint_path="unused"))
+                              fast_path=fast, checkpoint_path="unused", grad_accum_steps=args.grad_accum_steps))
+    check_grad_accum_steps(config.grad_accum_steps, global_batch, ctx.world_size)
     steps = args.warmup + args.steps
     metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size,
                                      seq_len=seq_len, num_puzzle_identifiers=num_identifiers,
@@ -131,15 +140,17 @@ def measure(args, ctx, fast: bool, shapes, batches):
     warmup_seconds = time.perf_counter() - start_time
     if args.barrier_dir is not None:
         wait_at_barrier(args.barrier_dir, args.barrier_size, "fast" if fast else "plain")
+    last_step = TrainMetrics()
     start = time.perf_counter()
     for step in range(args.steps):
-        result = train_step(state, batches[step % len(batches)], config, ctx, global_batch)
+        train_step(state, batches[step % len(batches)], config, ctx, global_batch,
+                   last_step if step == args.steps - 1 else None)
     synchronize(ctx)
     elapsed = time.perf_counter() - start
     figures = dict(path="fast" if isinstance(state.model, fast_path.GraphReplayedModel) else "plain",
                    steps_per_second=round(args.steps / elapsed, 3), warmup_seconds=round(warmup_seconds, 1),
                    peak_memory_gib=peak_memory_gib(ctx),
-                   final_lm_loss=float(result.metrics.losses["lm_loss"]) / global_batch)
+                   final_lm_loss=last_step.reduce(ctx, global_batch)["train/lm_loss"])
     if args.eval:
         eval_batches = random_batches(2, args.batch_size, seq_len, vocab_size, num_identifiers, ctx.device)
         loader = [("all", eval_batches[i % 2], global_batch) for i in range(args.eval_batches)]
@@ -149,7 +160,7 @@ def measure(args, ctx, fast: bool, shapes, batches):
         evaluate(state.model, loader, metadata, ctx)
         synchronize(ctx)
         figures.update(eval_sequences_per_second=round(len(loader) * global_batch / (time.perf_counter() - start), 1))
-    del state, result
+    del state
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -168,7 +179,8 @@ def main(argv=None) -> None:
         paths = [False, True] if args.compare_plain else [not args.plain]
         runs = [measure(args, ctx, fast, shapes, batches) for fast in paths]
     if ctx.is_main:
-        result = dict(task=args.task, world_size=ctx.world_size, per_gpu_batch=args.batch_size, dtype=args.dtype,
+        result = dict(task=args.task, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
+                      grad_accum_steps=args.grad_accum_steps, dtype=args.dtype,
                       attention_backend=resolve_backend(args.attention_backend), sdpa_backend=args.sdpa_backend,
                       inductor_options=fast_path.FAST_PATH_OPTIONS,
                       device=torch.cuda.get_device_name() if ctx.device.type == "cuda" else "cpu",

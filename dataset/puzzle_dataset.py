@@ -2,7 +2,7 @@
 reference release's sampling order, rank slicing and padding."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydantic
@@ -20,6 +20,7 @@ class PuzzleDatasetConfig(pydantic.BaseModel):
     epochs_per_iter: int  # epochs of group order drawn per pass over the dataset
     rank: int
     num_replicas: int
+    max_examples: Optional[int] = None  # test passes: a fixed sample of this many examples (`sample_test_examples`)
 
 
 # Groups of a training pass whose puzzle draws are replayed at once when counting its batches (bounds memory).
@@ -74,6 +75,17 @@ def train_batches(dataset_path: str, split: str, seed: int, global_batch_size: i
     return batches if at_most is None else min(batches, at_most)
 
 
+def sample_test_examples(set_sizes: Sequence[int], max_examples: Optional[int], seed: int) -> List[np.ndarray]:
+    """The examples a test pass walks, per set: all of them, or a sample of `max_examples` of the split's
+    examples (all when it has no more), the same for the same `seed`; each set's in order."""
+    total = sum(set_sizes)
+    if max_examples is None or max_examples >= total:
+        return [np.arange(size) for size in set_sizes]
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_examples, replace=False))
+    starts = np.cumsum([0, *set_sizes])
+    return [chosen[(chosen >= start) & (chosen < end)] - start for start, end in zip(starts[:-1], starts[1:])]
+
+
 def draw_global_batch(order_rng: np.random.Generator, subset_rng: np.random.Generator, group_order: np.ndarray,
                       position: int, puzzle_indices: np.ndarray, group_indices: np.ndarray,
                       global_batch_size: int) -> Tuple[int, np.ndarray, np.ndarray]:
@@ -105,7 +117,8 @@ class PuzzleDataset(IterableDataset):
 
     `batch` holds int32 tensors `inputs` and `labels` [local_batch_size, seq_len] and `puzzle_identifiers`
     [local_batch_size] for this rank. Training passes sample groups in a seeded random order and drop the
-    final short batch; test passes walk every example in order and pad the last batch.
+    final short batch; test passes walk every example (or a fixed sample of them) in order and pad the last
+    batch.
     """
 
     def __init__(self, config: PuzzleDatasetConfig, split: str = "train", start_round: int = 0):
@@ -121,6 +134,8 @@ class PuzzleDataset(IterableDataset):
                              f"num_replicas {config.num_replicas}")
         if config.epochs_per_iter < 1:
             raise ValueError(f"epochs_per_iter must be at least 1, got {config.epochs_per_iter}")
+        if config.max_examples is not None and not (config.test_set_mode and config.max_examples > 0):
+            raise ValueError(f"max_examples ({config.max_examples}) must be positive, and only for test passes")
         self.config = config
         self.split = split
         self.local_batch_size = config.global_batch_size // config.num_replicas
@@ -166,16 +181,17 @@ class PuzzleDataset(IterableDataset):
 
     def _iter_test(self) -> Iterator[Tuple[str, Dict[str, torch.Tensor], int]]:
         config = self.config
-        for set_name, puzzle_set in self.sets.items():
-            num_examples = len(puzzle_set.inputs)
+        walked = sample_test_examples([len(puzzle_set.inputs) for puzzle_set in self.sets.values()],
+                                      config.max_examples, config.seed)
+        for (set_name, puzzle_set), set_examples in zip(self.sets.items(), walked):
+            num_examples = len(set_examples)
             for start in range(0, num_examples, config.global_batch_size):
                 end = min(start + config.global_batch_size, num_examples)
                 local_start = start + config.rank * self.local_batch_size
                 local_end = min(start + (config.rank + 1) * self.local_batch_size, end)  # may be <= local_start
-                example_ids = np.arange(local_start, local_end)
+                example_ids = set_examples[local_start:local_end]
                 puzzle_ids = np.searchsorted(puzzle_set.puzzle_indices, example_ids, side="right") - 1
-                rows = slice(local_start, local_end)
-                batch = self._collate(puzzle_set.inputs[rows], puzzle_set.labels[rows],
+                batch = self._collate(puzzle_set.inputs[example_ids], puzzle_set.labels[example_ids],
                                       puzzle_set.puzzle_identifiers[puzzle_ids])
                 yield set_name, batch, end - start
 
@@ -194,13 +210,15 @@ class PuzzleDataset(IterableDataset):
 
 def create_dataloader(dataset_path: str, split: str, *, seed: int, global_batch_size: int, test_set_mode: bool,
                       epochs_per_iter: int, rank: int, world_size: int, start_round: int = 0,
-                      pin_memory: Optional[bool] = None) -> Tuple[DataLoader, PuzzleDatasetMetadata]:
+                      pin_memory: Optional[bool] = None,
+                      max_examples: Optional[int] = None) -> Tuple[DataLoader, PuzzleDatasetMetadata]:
     """A DataLoader over one split with one persistent worker (it keeps the round counter between passes).
 
-    `start_round` is the number of training rounds (passes over the split) already done, for resume."""
+    `start_round` is the number of training rounds (passes over the split) already done, for resume;
+    `max_examples`: a test pass walks only a fixed sample of that many examples (seeded by `seed`)."""
     config = PuzzleDatasetConfig(seed=seed, dataset_path=dataset_path, global_batch_size=global_batch_size,
                                  test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=rank,
-                                 num_replicas=world_size)
+                                 num_replicas=world_size, max_examples=max_examples)
     dataset = PuzzleDataset(config, split=split, start_round=start_round)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

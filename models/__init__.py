@@ -9,13 +9,15 @@ import pydantic
 from torch import nn
 
 from models.config_validation import ConfigError, validate_config
-from models.hrm import HierarchicalReasoningModelACT, HRMArchConfig, HRMConfig
+from models.hrm import HierarchicalReasoningModelACT, HRMArchConfig, HRMConfig, ParameterGroups
 from models.losses import LOSS_FUNCTIONS, ACTLossHead
-from models.hrm import ParameterGroups
 from models.transformer_baseline import TransformerArchConfig, TransformerBaselineACT, TransformerConfig
 from models.trm import TinyRecursiveReasoningModelACT, TRMArchConfig, TRMConfig
 
 LOSS_HEADS = {"losses@ACTLossHead": ACTLossHead}
+
+# What training uses of the models, whatever the architecture (ParameterGroups: what `parameter_groups()` returns).
+__all__ = ["ARCHITECTURES", "ArchConfig", "ParameterGroups", "build_model", "parse_arch"]
 
 
 class LossConfig(pydantic.BaseModel):

@@ -155,9 +155,18 @@ class ACTCarry:
     current_data: Batch
 
 
-# Carries are pytrees, so training moves, joins and splits them leaf by leaf with torch.utils._pytree.
+@dataclass
+class ExplorationDraws:
+    """The random numbers of one training step's halting exploration, one of each per sequence."""
+    explore: torch.Tensor  # float32 uniform in [0, 1): the sequence explores when below halt_exploration_prob
+    min_halt_steps: torch.Tensor  # int32 in 2..halt_max_steps: the steps an exploring sequence must run
+
+
+# Carries (and exploration draws) are pytrees, so training moves, joins and splits them leaf by leaf with
+# torch.utils._pytree.
 pytree.register_dataclass(InnerCarry)
 pytree.register_dataclass(ACTCarry)
+pytree.register_dataclass(ExplorationDraws)
 
 
 class LevelCalls:
@@ -319,10 +328,24 @@ class HierarchicalReasoningModelACT(nn.Module):
             current_data={k: torch.empty_like(v) for k, v in batch.items()},
         )
 
-    def forward(self, carry: ACTCarry, batch: Batch
+    def draw_exploration(self, batch_size: int, device: torch.device) -> Optional[ExplorationDraws]:
+        """The halting exploration's draws of a training call on `batch_size` sequences, drawn as the call
+        draws them, so passing each part of a batch its rows (gradient accumulation) draws what one call on
+        the whole batch would; None when a call draws none (evaluation, or halt_max_steps 1)."""
+        if not (self.training and self.config.halt_max_steps > 1):
+            return None
+        return self._draws(torch.empty(batch_size, dtype=torch.float32, device=device),
+                           torch.empty(batch_size, dtype=torch.int32, device=device))
+
+    def _draws(self, q_halt_logits: torch.Tensor, steps: torch.Tensor) -> ExplorationDraws:
+        return ExplorationDraws(explore=torch.rand_like(q_halt_logits),
+                                min_halt_steps=torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1))
+
+    def forward(self, carry: ACTCarry, batch: Batch, exploration: Optional[ExplorationDraws] = None
                 ) -> Tuple[ACTCarry, Dict[str, torch.Tensor], Optional[RoutingOutput]]:
         """One ACT step: the new carry, the outputs (reference names: logits, q_halt_logits, q_continue_logits,
-        and target_q_continue in training) and the step's routing (None without routing)."""
+        and target_q_continue in training) and the step's routing (None without routing). `exploration`:
+        this call's rows of `draw_exploration` (None: the call draws its own)."""
         inner_carry = self.inner.reset_carry(carry.halted, carry.inner_carry)
         steps = torch.where(carry.halted, 0, carry.steps)
         current_data = {k: torch.where(carry.halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
@@ -333,7 +356,7 @@ class HierarchicalReasoningModelACT(nn.Module):
 
         with torch.no_grad():
             steps = steps + 1
-            halted = self.halted(steps, outputs, inner_carry, current_data)
+            halted = self.halted(steps, outputs, inner_carry, current_data, exploration)
         return ACTCarry(inner_carry, steps, halted, current_data), outputs, routing
 
     def halt_signal(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -349,7 +372,7 @@ class HierarchicalReasoningModelACT(nn.Module):
         return self.training
 
     def halted(self, steps: torch.Tensor, outputs: Dict[str, torch.Tensor], inner_carry: InnerCarry,
-               current_data: Batch) -> torch.Tensor:
+               current_data: Batch, exploration: Optional[ExplorationDraws] = None) -> torch.Tensor:
         """Which sequences stop after this step; in training, also adds `target_q_continue` to `outputs`."""
         is_last_step = steps >= self.config.halt_max_steps
         halted = is_last_step
@@ -357,8 +380,9 @@ class HierarchicalReasoningModelACT(nn.Module):
             halted = halted | self.halt_signal(outputs)
             if self.training:
                 # Exploration: some sequences must run at least a random 2..halt_max_steps steps.
-                explore = torch.rand_like(outputs["q_halt_logits"]) < self.config.halt_exploration_prob
-                min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
+                draws = exploration if exploration is not None else self._draws(outputs["q_halt_logits"], steps)
+                explore = draws.explore < self.config.halt_exploration_prob
+                min_halt_steps = explore * draws.min_halt_steps
                 halted = halted & (steps >= min_halt_steps)
         if self.training and self.config.halt_max_steps > 1 and self.learns_q_continue():
             # Bootstrapped Q target from one more step on the new carry.

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.format import IGNORE_LABEL_ID
-from models.hrm import ACTCarry, Batch, ParameterGroups
+from models.hrm import ACTCarry, Batch, ExplorationDraws, ParameterGroups
 from models.routing import Controller, RoutingOutput
 
 
@@ -83,6 +83,9 @@ class ACTLossHead(nn.Module):
     def initial_carry(self, batch: Batch) -> ACTCarry:
         return self.model.initial_carry(batch)
 
+    def draw_exploration(self, batch_size: int, device: torch.device) -> Optional[ExplorationDraws]:
+        return self.model.draw_exploration(batch_size, device)
+
     def routers(self) -> Dict[str, Controller]:
         """The routing controller of each routed level ("H", "L"); empty without routing."""
         return self.model.routers()
@@ -95,8 +98,9 @@ class ACTLossHead(nn.Module):
         self.routing_entropy_weight.fill_(entropy)
         self.routing_ponder_weight.fill_(ponder)
 
-    def forward(self, carry: ACTCarry, batch: Batch, return_keys: Sequence[str] = ()) -> LossHeadOutput:
-        new_carry, outputs, routing = self.model(carry=carry, batch=batch)
+    def forward(self, carry: ACTCarry, batch: Batch, return_keys: Sequence[str] = (),
+                exploration: Optional[ExplorationDraws] = None) -> LossHeadOutput:
+        new_carry, outputs, routing = self.model(carry=carry, batch=batch, exploration=exploration)
         labels = new_carry.current_data["labels"]
 
         with torch.no_grad():

@@ -3,9 +3,10 @@
 The table is a persistent buffer, not a parameter, so the main optimizer never sees it. In training the
 looked-up rows are copied into a small leaf tensor `local_weights`; backward fills `local_weights.grad`,
 and `SparseEmbeddingSignSGD` scatters a sign-SGD update back into the table, after gathering every
-rank's ids and gradients.
+rank's ids and gradients. Under gradient accumulation the optimizer keeps each micro-batch's rows and
+gradients (`keep_micro_batch`) and updates once from all of them, as from one batch.
 """
-from typing import Iterable, Union
+from typing import Iterable, List, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -60,14 +61,30 @@ class SparseEmbeddingSignSGD(torch.optim.Optimizer):
         buffers = list(buffers)
         _split_embedding_buffers(buffers)  # fail early on anything but one embedding's three buffers
         super().__init__(buffers, dict(lr=lr, weight_decay=weight_decay, world_size=world_size))
+        # The step's earlier micro-batches: (ids, gradients) each, in order; never saved, empty between steps.
+        self.kept_micro_batches: List[Tuple[torch.Tensor, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def keep_micro_batch(self) -> None:
+        """Set this micro-batch's rows and gradients aside for the step (the next micro-batch overwrites
+        the looked-up rows): the step then updates from the kept ones and the last, in order."""
+        for group in self.param_groups:
+            _, local_weights, local_ids = _split_embedding_buffers(group["params"])
+            if local_weights.grad is not None:
+                self.kept_micro_batches.append((local_ids.clone(), local_weights.grad.clone()))
+                local_weights.grad = None
 
     @torch.no_grad()
     def step(self, closure=None):
+        kept, self.kept_micro_batches = self.kept_micro_batches, []
         for group in self.param_groups:
             weights, local_weights, local_ids = _split_embedding_buffers(group["params"])
             if local_weights.grad is None:
                 continue
             ids, grads = local_ids, local_weights.grad
+            if kept:  # this rank's rows of the whole batch, in order
+                ids = torch.cat([*(kept_ids for kept_ids, _ in kept), ids])
+                grads = torch.cat([*(kept_grads for _, kept_grads in kept), grads])
             if group["world_size"] > 1:
                 ids = _gather_from_all_ranks(ids, group["world_size"])
                 grads = _gather_from_all_ranks(grads, group["world_size"])

@@ -4,7 +4,8 @@ points, the learning rate, and the Pointer-over-Heads routing diagnostics when t
     python puzzle_tools/plot_run.py RUN_DIR [RUN_DIR ...] [--out DIR]
 
 Every run is drawn on the same figures in its own colour, labelled by its folder name: training figures as
-lines, evaluations (`<set>/<metric>`, usually set `all`) as markers. Writes plot_losses.png,
+lines, evaluations (`<set>/<metric>`, usually set `all`) as filled markers, and evaluations on a sample of
+the test split (`sample/<set>/<metric>`, `eval_max_examples`) as hollow ones labelled "(sample)". Writes plot_losses.png,
 plot_accuracy.png, plot_lr.png and, when a run logged routing, plot_routing.png into --out (default: the
 first run folder) and prints each written path, quoted. A step logged twice (a run resumed from an earlier
 checkpoint logs its steps again) keeps its last values.
@@ -22,7 +23,7 @@ import numpy as np
 
 from command_line import OneLineArgumentParser, exit_status, run_cli
 from puzzle_tools.tool_io import ToolInputError
-from training.metrics import TRAIN_PREFIX, logged_routing_levels, routing_metric_name
+from training.metrics import EVAL_SAMPLE_PREFIX, TRAIN_PREFIX, logged_routing_levels, routing_metric_name
 from training.run_folder import METRICS_FILE, atomic_path, read_metrics
 
 try:
@@ -72,8 +73,9 @@ class RunMetrics:
         return logged_routing_levels(names, diagnostic)
 
     def evaluation_sets(self) -> List[str]:
-        """Sets with evaluation metrics (`<set>/<metric>` keys other than training's)."""
-        return sorted({key.split("/")[0] for row in self.rows.values() for key in row
+        """Sets with evaluation metrics (`<set>/<metric>` keys other than training's, of whole-split or
+        sample evaluations)."""
+        return sorted({key.removeprefix(EVAL_SAMPLE_PREFIX).split("/")[0] for row in self.rows.values() for key in row
                        if "/" in key and not key.startswith(TRAIN_PREFIX)})
 
 
@@ -125,11 +127,12 @@ def panel_series(panel: Panel, run: RunMetrics) -> List[Series]:
         if not panel.with_evaluations:
             continue
         for set_index, set_name in enumerate(run.evaluation_sets()):
-            steps, values = run.series(f"{set_name}/{metric}")
-            if len(steps):
-                marker = EVALUATION_MARKERS[set_index % len(EVALUATION_MARKERS)]
-                series.append(Series(f"{label} {set_name}", steps, values,
-                                     dict(linestyle="none", marker=marker, markersize=5)))
+            marker = EVALUATION_MARKERS[set_index % len(EVALUATION_MARKERS)]
+            for prefix, kind, fill in (("", "", {}), (EVAL_SAMPLE_PREFIX, " (sample)", dict(markerfacecolor="none"))):
+                steps, values = run.series(f"{prefix}{set_name}/{metric}")
+                if len(steps):
+                    series.append(Series(f"{label} {set_name}{kind}", steps, values,
+                                         dict(linestyle="none", marker=marker, markersize=5, **fill)))
     return series
 
 

@@ -27,7 +27,7 @@ BF16_TOLERANCE = dict(rtol=4e-2, atol=4e-2)
 
 
 def config(**values):
-    return types.SimpleNamespace(**{"compile": True, "fast_path": True, **values})
+    return types.SimpleNamespace(**{"compile": True, "fast_path": True, "grad_accum_steps": 1, **values})
 
 
 def batches(count, device, generator_seed=0):
@@ -46,7 +46,7 @@ def test_cpu_always_takes_the_plain_path():
     assert prepare_model(model, config(), cpu) is model
 
 
-def test_fast_path_needs_compile_its_key_and_no_routing():
+def test_fast_path_needs_compile_its_key_whole_batches_and_no_routing():
     cuda = torch.device("cuda")
     model = build_model(parse_arch(dict(ARCH, forward_dtype="float32")), **SIZES)
     routed = build_model(parse_arch(dict(ARCH, forward_dtype="float32", routing=dict(controller="classical"))),
@@ -55,6 +55,7 @@ def test_fast_path_needs_compile_its_key_and_no_routing():
     assert not uses_fast_path(config(fast_path=False), cuda, model)
     assert not uses_fast_path(config(compile=False), cuda, model)
     assert not uses_fast_path(config(), cuda, routed)
+    assert not uses_fast_path(config(grad_accum_steps=2), cuda, model)
 
 
 def test_graph_replayed_model_hands_back_a_copy_of_the_carry():

@@ -148,7 +148,11 @@ def test_routing_figures_are_logged_under_the_names_older_runs_used():
     assert set(routing_names) == {f"routing/{name}_{level}" for level in ("H", "L") for name in (
         "routing_entropy_mean", "routing_entropy_std", "head_herfindahl", "top1_share", "temperature", "n_H_updates",
         "ponder_cost")}
-    assert set(routing_names.values()) == {Reduction.MEAN}
+    # Counts over the step's sequences are summed over its micro-batches (gradient accumulation); the rest
+    # are means.
+    counts = {f"routing/{name}_{level}" for level in ("H", "L") for name in ("n_H_updates", "ponder_cost")}
+    assert {name: reduction for name, reduction in routing_names.items() if reduction != Reduction.MEAN} == {
+        name: Reduction.PER_STEP for name in counts}
 
 
 def test_entropy_bonus_and_ponder_cost_enter_the_loss():

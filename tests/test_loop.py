@@ -1,5 +1,6 @@
 """What the training loop refuses before its first step (a dataset whose splits disagree, a run of no steps),
-and the arms of a routing A/B, which differ only in their controllers."""
+and the arms of a routing A/B, which differ only in their controllers; its evaluations between rounds on a
+sample of the test split."""
 import os
 
 import numpy as np
@@ -7,12 +8,16 @@ import pytest
 import torch
 
 from dataset.common import atomic_output_dir
-from dataset.format import PuzzleDatasetMetadata, save_identifiers, save_split
-from training.build import create_loader, read_metadata
+from dataset.format import PuzzleDatasetMetadata, read_split, save_identifiers, save_split
+from models.checkpoint import load_model_weights
+from training import run_folder
+from training.build import create_loader, create_model, read_metadata
 from training.distributed import DistributedContext
-from training.loop import create_train_state, train_step
+from training.evaluation import evaluate
+from training.loop import create_train_state, run_training, train_step
+from training.metrics_log import flatten_eval_metrics
 
-from tiny_runs import TINY_OVERRIDES, make_config, pretrain_in_process
+from tiny_runs import TINY_OVERRIDES, make_config, pretrain_in_process, read_metrics
 
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -143,3 +148,32 @@ def test_the_arms_of_a_routing_ab_see_the_same_data_in_the_same_order(tiny_datas
         assert size_a == size_b and all(torch.equal(a[key], b[key]) for key in a)
     other_seed = train_batches_of(make_config(tiny_dataset, "seed=1"), 6)
     assert not all(torch.equal(a["inputs"], b["inputs"]) for (_, a, _), (_, b, _) in zip(plain, other_seed))
+
+
+@pytest.mark.slow
+def test_evaluations_between_rounds_walk_one_seeded_sample_and_the_last_the_whole_split(tiny_dataset, tmp_path):
+    cpu = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
+    run_dir = str(tmp_path / "run")
+    config = make_config(tiny_dataset, f"checkpoint_path={run_dir}", "epochs=2", "eval_interval=1",
+                         "eval_max_examples=5", "checkpoint_every_eval=true", "eval_save_outputs=[inputs]")
+    run_training(config, cpu)
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows if "sample/all/exact_accuracy" in row] == [6]
+    assert [row["step"] for row in rows if "all/exact_accuracy" in row] == [12]
+    # The sample row is exactly the evaluation of that step's weights on the config's 5-example sample
+    # (the loader's tests check that the sample is the same on every pass).
+    sample_loader, metadata = create_loader(config, "test", cpu, test_set_mode=True, epochs_per_iter=1,
+                                            max_examples=5)
+    model = create_model(config, metadata, cpu)
+    load_model_weights(model, run_folder.read_weights(run_folder.weights_path(run_dir, 6)))
+    expected = flatten_eval_metrics(evaluate(model, sample_loader, metadata, cpu), sample=True)
+    assert {key: rows_at(rows, 6)[key] for key in expected} == pytest.approx(expected, rel=1e-12)
+    # The last evaluation covers every test example (its saved inputs); the sample saved no outputs.
+    saved = torch.load(run_folder.predictions_prefix(run_dir, 12) + ".0", weights_only=True)
+    assert np.array_equal(saved["inputs"].numpy(), read_split(tiny_dataset, "test").sets["all"].inputs)
+    assert not os.path.exists(run_folder.predictions_prefix(run_dir, 6) + ".0")
+
+
+def rows_at(rows, step):
+    """Every figure logged at `step`, its rows merged."""
+    return {key: value for row in rows if row.get("step") == step for key, value in row.items()}

@@ -46,7 +46,7 @@ class FixedACTModel(nn.Module):
         super().__init__()
         self.outputs, self.halted, self.steps, self.labels = outputs, halted, steps, labels
 
-    def forward(self, carry, batch):
+    def forward(self, carry, batch, exploration=None):
         new_carry = SimpleNamespace(halted=self.halted, steps=self.steps, current_data={"labels": self.labels})
         return new_carry, dict(self.outputs), None
 

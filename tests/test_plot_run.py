@@ -87,6 +87,26 @@ def test_cli_writes_valid_pngs(runs, tmp_path, capsys):
         assert image.ndim == 3 and image.shape[0] == 400 and image.shape[1] >= 600
 
 
+def test_sample_evaluations_are_hollow_markers_and_whole_split_ones_filled(tmp_path):
+    # eval_max_examples: samples of the test split between rounds, the whole split at the end.
+    rows = [training_row(10, False), {"step": 10, "sample/all/exact_accuracy": 0.2, "sample/all/lm_loss": 0.5},
+            training_row(20, False), {"step": 20, "sample/all/exact_accuracy": 0.4, "sample/all/lm_loss": 0.4},
+            training_row(30, False), evaluation_row(30, 0.3)]
+    run = plot_run.read_run(write_run(tmp_path / "sampled", rows))
+    assert run.evaluation_sets() == ["all"]
+    exact_axes = plot_run.draw_figure(plot_run.FIGURES["accuracy"], [run]).axes[1]
+    lines = {line.get_label(): line for line in exact_axes.lines}
+    assert sorted(lines) == ["sampled all", "sampled all (sample)", "sampled train"]
+    np.testing.assert_allclose(lines["sampled all (sample)"].get_xdata(), [10, 20])
+    np.testing.assert_allclose(lines["sampled all (sample)"].get_ydata(), [0.2, 0.4])
+    np.testing.assert_allclose(lines["sampled all"].get_ydata(), [0.3])
+    sample, whole = lines["sampled all (sample)"], lines["sampled all"]
+    assert sample.get_marker() == whole.get_marker() and sample.get_color() == whole.get_color()
+    assert sample.get_markerfacecolor() == "none" and whole.get_markerfacecolor() != "none"
+    assert [text.get_text() for text in exact_axes.get_legend().get_texts()] == [
+        "sampled train", "sampled all", "sampled all (sample)"]
+
+
 def test_default_folder_is_the_first_run_and_routing_only_when_logged(runs, capsys):
     assert plot_run.main([runs[1]]) == 0
     assert capsys.readouterr().out.splitlines() == [json.dumps(os.path.join(runs[1], f"plot_{name}.png"))

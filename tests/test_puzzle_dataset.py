@@ -79,10 +79,10 @@ def dataset_dir(tmp_path_factory):
 
 
 def open_split(dataset_dir, split="train", seed=3, global_batch_size=4, test_set_mode=False, epochs_per_iter=1,
-               rank=0, num_replicas=1):
+               rank=0, num_replicas=1, max_examples=None):
     config = PuzzleDatasetConfig(seed=seed, dataset_path=dataset_dir, global_batch_size=global_batch_size,
                                  test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=rank,
-                                 num_replicas=num_replicas)
+                                 num_replicas=num_replicas, max_examples=max_examples)
     return PuzzleDataset(config, split=split)
 
 
@@ -243,6 +243,51 @@ def test_test_mode_covers_every_example_once(dataset_dir, global_batch_size, num
             assert np.array_equal(np.array(seen)[order], np.arange(len(arrays["inputs"])))
             puzzles = puzzle_of_examples(arrays, np.arange(len(arrays["inputs"])))
             assert np.array_equal(np.array(identifiers)[order], arrays["puzzle_identifiers"][puzzles])
+
+
+@pytest.mark.parametrize("global_batch_size,num_replicas", [(4, 2), (3, 1)])
+def test_a_test_pass_of_max_examples_walks_the_same_seeded_sample_each_time(dataset_dir, global_batch_size,
+                                                                             num_replicas):
+    # The train split in test mode: two sets (48 and 36 examples), so the sample spans sets.
+    arrays = {name: stored_arrays(dataset_dir, "train", name) for name in TRAIN_GROUPS}
+    assert [len(arrays[name]["inputs"]) for name in TRAIN_GROUPS] == [48, 36]
+
+    def walked(seed, passes=1):
+        seen = {name: [] for name in TRAIN_GROUPS}
+        for rank in range(num_replicas):
+            loader = open_split(dataset_dir, "train", seed=seed, global_batch_size=global_batch_size,
+                                test_set_mode=True, rank=rank, num_replicas=num_replicas, max_examples=7)
+            for _ in range(passes):
+                for name, batch, _ in loader:
+                    examples = example_ids(batch)
+                    real = examples >= 0
+                    seen[name].extend(examples[real].tolist())
+                    # Each row is its stored example, with its puzzle's identifier: the metrics stay exact.
+                    assert np.array_equal(batch["labels"].numpy()[real],
+                                          expected_labels(arrays[name]["labels"][examples[real]]))
+                    puzzles = puzzle_of_examples(arrays[name], examples[real])
+                    assert np.array_equal(batch["puzzle_identifiers"].numpy()[real],
+                                          arrays[name]["puzzle_identifiers"][puzzles])
+        return {name: sorted(examples) for name, examples in seen.items()}
+
+    sample = walked(seed=3)
+    assert sum(len(examples) for examples in sample.values()) == 7
+    assert all(len(set(examples)) == len(examples) for examples in sample.values())
+    expected = puzzle_dataset.sample_test_examples([48, 36], 7, seed=3)
+    assert {name: examples.tolist() for name, examples in zip(TRAIN_GROUPS, expected)} == sample
+    # The same examples on every pass (every evaluation of a run), and another sample for another seed.
+    assert walked(seed=3, passes=2) == {name: sorted(examples * 2) for name, examples in sample.items()}
+    assert walked(seed=4) != sample
+
+
+def test_a_sample_of_at_least_the_whole_split_is_the_whole_split():
+    assert [a.tolist() for a in puzzle_dataset.sample_test_examples([2, 3], 5, seed=0)] == [[0, 1], [0, 1, 2]]
+    assert [a.tolist() for a in puzzle_dataset.sample_test_examples([2, 3], None, seed=0)] == [[0, 1], [0, 1, 2]]
+
+
+def test_max_examples_is_for_test_passes_only(dataset_dir):
+    with pytest.raises(ValueError, match="only for test passes"):
+        open_split(dataset_dir, max_examples=4)
 
 
 def as_lists(items):

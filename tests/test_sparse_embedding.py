@@ -114,6 +114,31 @@ def problem():
     return table, grads
 
 
+def train_in_micro_batches(embedding, optimizer, ids, grad_of_output, parts):
+    """train_one_step over `parts` equal micro-batches of the rows, kept between them as training keeps them."""
+    embedding.train()
+    for index, (part_ids, part_grads) in enumerate(zip(ids.chunk(parts), grad_of_output.chunk(parts))):
+        (embedding(part_ids).float() * part_grads).sum().backward()
+        if index < parts - 1:
+            optimizer.keep_micro_batch()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_micro_batches_kept_between_backwards_update_as_their_joint_batch():
+    table, grads = problem()
+    ids = torch.tensor(IDS_PER_RANK[0] + IDS_PER_RANK[1], dtype=torch.int32)
+    whole = make_embedding(table, 2 * LOCAL_BATCH)
+    train_one_step(whole, SparseEmbeddingSignSGD(whole, lr=0.1, weight_decay=0.2), ids, grads)
+    for parts in (2, 4):
+        split = make_embedding(table, 2 * LOCAL_BATCH // parts)
+        optimizer = SparseEmbeddingSignSGD(split, lr=0.1, weight_decay=0.2)
+        train_in_micro_batches(split, optimizer, ids, grads, parts)
+        # Row 5 is in both halves with opposite signs: only the joint sum moves it down.
+        assert torch.equal(split.weights, whole.weights) and optimizer.kept_micro_batches == []
+    assert not torch.equal(whole.weights[5], table[5] * 0.98 - 0.1)
+
+
 def _distributed_worker(rank, backend, init_file, out_dir):
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
@@ -131,6 +156,11 @@ def _distributed_worker(rank, backend, init_file, out_dir):
             optimizer = SparseEmbeddingSignSGD(embedding.buffers(), lr=0.1, weight_decay=0.2, world_size=2)
             train_one_step(embedding, optimizer, ids, local_grads)
             torch.save(embedding.weights.cpu(), os.path.join(out_dir, f"{gather}_rank{rank}.pt"))
+        # Each rank's rows as two micro-batches (gradient accumulation under several processes).
+        embedding = make_embedding(table, LOCAL_BATCH // 2).to(device)
+        optimizer = SparseEmbeddingSignSGD(embedding.buffers(), lr=0.1, weight_decay=0.2, world_size=2)
+        train_in_micro_batches(embedding, optimizer, ids, local_grads, parts=2)
+        torch.save(embedding.weights.cpu(), os.path.join(out_dir, f"micro_batches_rank{rank}.pt"))
     finally:
         # Both ranks finish their collectives before either tears the group down: a rank leaving while the
         # other's gloo pair is still open can abort in gloo's destructors at exit.
@@ -147,7 +177,7 @@ def check_two_ranks_match_one_process(backend, tmp_path, atol):
     train_one_step(embedding, optimizer, torch.tensor(IDS_PER_RANK[0] + IDS_PER_RANK[1], dtype=torch.int32), grads)
     assert embedding.weights[5].tolist() == pytest.approx((table[5] * 0.98 + 0.1).tolist())
 
-    for gather in ("single_tensor", "list"):
+    for gather in ("single_tensor", "list", "micro_batches"):
         for rank in range(2):
             result = torch.load(tmp_path / f"{gather}_rank{rank}.pt")
             assert torch.allclose(result, embedding.weights, rtol=0, atol=atol)

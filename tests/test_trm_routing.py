@@ -168,3 +168,19 @@ def test_routed_trm_training_lowers_loss_and_logs_routing(tiny_dataset, tmp_path
     final = [r for r in rows if "all/lm_loss" in r][-1]
     for key in ("lm_loss", "q_halt_loss", "exact_accuracy"):
         assert abs(printed["all"][key] - final[f"all/{key}"]) < 1e-6, key
+
+
+@pytest.mark.parametrize("controller", CONTROLLERS)
+def test_the_same_seed_gives_every_shared_weight_plain_trms_value(controller):
+    # Paired seeds, as for HRM: the controller draws from its own generator, so the arms of an A/B start alike.
+    torch.manual_seed(3)
+    plain = build_model(composed_arch("trm"), batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB,
+                        num_puzzle_identifiers=IDS)
+    plain_rng = torch.get_rng_state()
+    torch.manual_seed(3)
+    with_router = build_model(composed_arch("trm_poh", routing=dict(controller=controller)), batch_size=BATCH,
+                              seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=IDS)
+    assert torch.equal(torch.get_rng_state(), plain_rng)
+    shared = plain.state_dict()
+    assert set(shared) == set(with_router.state_dict()) - set(routing_keys(with_router))
+    assert all(torch.equal(shared[key], with_router.state_dict()[key]) for key in shared)

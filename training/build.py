@@ -8,7 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import List
+from typing import List, Optional
 
 import torch.distributed as dist
 from torch import nn
@@ -95,21 +95,23 @@ def count_train_batches(config: PretrainConfig, at_most: int) -> int:
 
 
 def create_loader(config: PretrainConfig, split: str, ctx: DistributedContext, test_set_mode: bool,
-                  epochs_per_iter: int, start_round: int = 0):
-    """This rank's loader of `split` and its metadata; a bad dataset folder is a ConfigError with a hint."""
+                  epochs_per_iter: int, start_round: int = 0, max_examples: Optional[int] = None):
+    """This rank's loader of `split` and its metadata (`max_examples`: a test pass walks a fixed sample of
+    that many examples); a bad dataset folder is a ConfigError with a hint."""
     if config.global_batch_size % ctx.world_size != 0:
         raise ConfigError(f"invalid config: global_batch_size ({config.global_batch_size}) must be divisible by "
                           f"the number of processes ({ctx.world_size})")
     try:
         return create_dataloader(config.data_path, split, seed=config.seed, global_batch_size=config.global_batch_size,
                                  test_set_mode=test_set_mode, epochs_per_iter=epochs_per_iter, rank=ctx.rank,
-                                 world_size=ctx.world_size, start_round=start_round)
+                                 world_size=ctx.world_size, start_round=start_round, max_examples=max_examples)
     except DatasetFormatError as e:
         raise _dataset_error(config, e) from None
 
 
 def create_model(config: PretrainConfig, metadata: PuzzleDatasetMetadata, ctx: DistributedContext) -> nn.Module:
-    """The loss-head-wrapped model for this dataset, with this rank's share of the batch, on the device."""
-    return build_model(config.arch, batch_size=config.global_batch_size // ctx.world_size, seq_len=metadata.seq_len,
+    """The loss-head-wrapped model for this dataset, sized for this rank's micro-batches, on the device."""
+    micro_batch = config.global_batch_size // ctx.world_size // config.grad_accum_steps
+    return build_model(config.arch, batch_size=micro_batch, seq_len=metadata.seq_len,
                        vocab_size=metadata.vocab_size,
                        num_puzzle_identifiers=metadata.num_puzzle_identifiers).to(ctx.device)

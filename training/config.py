@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import coolname
 import pydantic
+import pydantic_core
 
 from models import ArchConfig, parse_arch
 from models.config_validation import ConfigError, validate_config
@@ -60,6 +61,13 @@ class PretrainConfig(pydantic.BaseModel):
                                                    "(puzzle_tools/plot_run.py; needs matplotlib)")
     data_build_command: Optional[str] = pydantic.Field(None, description="command that builds data_path; shown when it is missing")
     auto_build_data: bool = pydantic.Field(False, description="run data_build_command when data_path is missing")
+    # Smaller GPUs and cheaper evaluation (README: "One GPU, small GPUs").
+    grad_accum_steps: Union[int, str] = pydantic.Field(
+        1, description="micro-batches per optimizer step (the same update, less memory); auto: the fewest whose "
+                       "first step fits in GPU memory")
+    eval_max_examples: Optional[int] = pydantic.Field(
+        None, gt=0, description="evaluate a fixed sample of this many test examples between rounds; the last "
+                                "evaluation covers the whole test split (null: every evaluation does)")
 
     # Fine-tuning: a new run from another run's weights (training/init_from.py).
     init_from: Optional[str] = pydantic.Field(None, description="a step_N file, a train_state.pt or a run folder "
@@ -77,6 +85,20 @@ class PretrainConfig(pydantic.BaseModel):
         if unknown:
             raise ValueError(f"unknown output(s) {', '.join(unknown)}; choose from {', '.join(SAVABLE_OUTPUTS)}")
         return names
+
+    @pydantic.field_validator("grad_accum_steps", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> Union[int, str]:
+        if value != "auto" and not (type(value) is int and value > 0):
+            raise pydantic_core.PydanticCustomError("positive_or_auto", "must be a positive integer or auto")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _grad_accum_steps_divide_batch(self) -> "PretrainConfig":
+        if self.grad_accum_steps != "auto" and self.global_batch_size % self.grad_accum_steps != 0:
+            raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must divide global_batch_size "
+                             f"({self.global_batch_size})")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _eval_interval_divides_epochs(self) -> "PretrainConfig":

@@ -29,8 +29,10 @@ def compile_enabled(config, device: torch.device) -> bool:
 
 def uses_fast_path(config, device: torch.device, model: nn.Module) -> bool:
     """The fast path runs on CUDA with compilation on, unless `fast_path=false`. Models with routing
-    controllers take the plain compiled path: their graph replay has not been checked against it yet."""
-    return config.fast_path and compile_enabled(config, device) and not model.routers()
+    controllers, and steps in micro-batches (`grad_accum_steps` > 1, several replays before one optimizer
+    step), take the plain compiled path: their graph replay has not been checked against it yet."""
+    return (config.fast_path and compile_enabled(config, device) and not model.routers()
+            and config.grad_accum_steps == 1)
 
 
 def prepare_model(model: nn.Module, config, device: torch.device) -> nn.Module:

@@ -13,7 +13,6 @@ import torch.distributed as dist
 
 from dataset.format import IDENTIFIERS_FILE, PuzzleDatasetMetadata, read_identifiers
 from models.config_validation import ConfigError
-from models.losses import LossHeadOutput
 from training import checkpointing, resume, run_folder
 from training.arc_score import ArcScorer
 from training.best_checkpoint import BestCheckpoint
@@ -27,10 +26,12 @@ from training.fast_path import prepare_model
 from training.init_from import init_from_checkpoint
 from training.metrics import TrainMetrics, arc_metrics
 from training.metrics_log import MetricsLogger, flatten_eval_metrics, format_evaluation
-from training.optimization import build_optimizers, clip_gradient_norm, freeze_network, learning_rate
+from training.grad_accumulation import check_grad_accum_steps, choose_grad_accum_steps, micro_batches
+from training.optimization import (build_optimizers, clip_gradient_norm, freeze_network, keep_micro_batch_gradients,
+                                   learning_rate)
 from training.preemption import StopRequest, TrainingInterrupted
 from training.routing_schedule import RoutingSchedule
-from training.train_state import TrainState
+from training.train_state import TrainState, join_rows
 
 
 @dataclass
@@ -86,21 +87,61 @@ def create_train_state(config: PretrainConfig, metadata: PuzzleDatasetMetadata, 
                       ema=WeightEMA(base_model, config.ema_rate) if config.ema else None)
 
 
+def resolve_grad_accum_steps(config: PretrainConfig, metadata: PuzzleDatasetMetadata,
+                             ctx: DistributedContext) -> PretrainConfig:
+    """The config with `grad_accum_steps=auto` made the number it picks, said in one line (other configs
+    as they are). Each process tries first steps of its own, on a throwaway state and an all-zero batch; run
+    it before seeding the run, whose random numbers the trials draw."""
+    if config.grad_accum_steps != "auto":
+        return config
+    per_rank = config.global_batch_size // ctx.world_size
+    alone = DistributedContext(rank=0, world_size=1, device=ctx.device)
+    shapes = {"inputs": (per_rank, metadata.seq_len), "labels": (per_rank, metadata.seq_len),
+              "puzzle_identifiers": (per_rank,)}
+
+    def first_step(parts: int) -> None:
+        trial = config.model_copy(update=dict(global_batch_size=per_rank, grad_accum_steps=parts))
+        state = create_train_state(trial, metadata, alone)
+        state.model.train()
+        train_step(state, {k: torch.zeros(shape, dtype=torch.int32) for k, shape in shapes.items()}, trial, alone,
+                   per_rank)
+        torch.cuda.synchronize(ctx.device)
+
+    parts, reason = choose_grad_accum_steps(per_rank, ctx.device, first_step)
+    if ctx.world_size > 1:
+        most = torch.tensor(parts, device=ctx.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        if int(most) != parts:
+            parts, reason = int(most), "the most any process needs"
+    if ctx.is_main:
+        print(f"grad_accum_steps=auto: {parts} ({reason})", flush=True)
+    return config.model_copy(update=dict(grad_accum_steps=parts))
+
+
 def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: PretrainConfig, ctx: DistributedContext,
-               global_batch_size: int) -> Optional[LossHeadOutput]:
-    """One optimisation step; returns the model's result (metrics on the device), or None past `total_steps`."""
+               global_batch_size: int, train_metrics: Optional[TrainMetrics] = None) -> bool:
+    """One optimisation step, over `grad_accum_steps` micro-batches of `batch`, each adding its figures (on
+    the device) to `train_metrics`; False past `total_steps`, where it does nothing."""
     state.progress.step += 1
     step = state.progress.step
     if step > state.total_steps:
-        return None
+        return False
     batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
     if state.routing is not None:
         state.routing.before_step(step)
-    result = state.model(carry=state.carry, batch=batch)
-    state.carry = result.carry
-    ((1 / global_batch_size) * result.loss).backward()
+    parts = config.grad_accum_steps
+    carries = []
+    for index, (carry, micro_batch, exploration) in enumerate(micro_batches(state.model, state.carry, batch, parts)):
+        result = state.model(carry=carry, batch=micro_batch, exploration=exploration)
+        carries.append(result.carry)
+        ((1 / global_batch_size) * result.loss).backward()
+        if index < parts - 1:
+            keep_micro_batch_gradients(state.optimizers)
+        if train_metrics is not None:  # read now: the fast path's next call reuses the result's memory
+            train_metrics.add(result.metrics, result.routing, micro_batches=parts)
+    state.carry = carries[0] if parts == 1 else join_rows(carries)
     if ctx.world_size > 1:
         sum_gradients(state.base_model.parameters())
     if state.routing is not None:
@@ -116,7 +157,7 @@ def train_step(state: TrainState, batch: Dict[str, torch.Tensor], config: Pretra
         optimizer.zero_grad()
     if state.ema is not None:
         state.ema.update()
-    return result
+    return True
 
 
 def log_train_metrics(train_metrics: TrainMetrics, logger: Optional[MetricsLogger], state: TrainState,
@@ -194,12 +235,14 @@ def run_training(config: PretrainConfig, ctx: DistributedContext) -> Optional[Fi
     # Counted once: for sets of varying puzzle sizes (ARC) it replays every round's puzzle draws.
     steps_to_run = steps_that_will_run(config, total_train_steps(config, metadata))
     refuse_empty_run(config, metadata, steps_to_run)
+    check_grad_accum_steps(config.grad_accum_steps, config.global_batch_size, ctx.world_size)
     with lock_run_folder(config.checkpoint_path, ctx):
         return train_in_run_folder(config, ctx, metadata, steps_to_run)
 
 
 def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadata: PuzzleDatasetMetadata,
                         steps_to_run: int) -> Optional[FinishedRun]:
+    config = resolve_grad_accum_steps(config, metadata, ctx)
     torch.manual_seed(config.seed + ctx.rank)
     fingerprint = resume.config_fingerprint(config)
     state = create_train_state(config, metadata, ctx)
@@ -213,6 +256,10 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
     train_loader, _ = create_loader(config, "train", ctx, test_set_mode=False, epochs_per_iter=config.epochs_per_round,
                                     start_round=progress.rounds_done)
     eval_loader, eval_metadata = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1)
+    sample_loader = None  # eval_max_examples: the evaluations before the last walk a fixed sample
+    if config.eval_max_examples is not None:
+        sample_loader, _ = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1,
+                                         max_examples=config.eval_max_examples)
 
     logger = None
     if ctx.is_main:
@@ -247,10 +294,8 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
             for batch_index, (_, batch, global_batch_size) in enumerate(train_loader):
                 if batch_index < progress.batches_done_in_round:
                     continue  # fast-forward to where a mid-round resume stopped
-                result = train_step(state, batch, config, ctx, global_batch_size)
+                train_step(state, batch, config, ctx, global_batch_size, train_metrics)
                 progress.batches_done_in_round += 1
-                if result is not None:
-                    train_metrics.add(result.metrics, result.routing)
                 at_log_step = progress.step % config.log_interval == 0
                 if at_log_step:
                     log_train_metrics(train_metrics, logger, state, config, ctx)
@@ -264,19 +309,26 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
                 log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
 
             step = progress.step
+            # A sample's outputs are neither saved nor voted on (no ARC scores, no step_best): they would
+            # read as the whole split's.
+            sample = sample_loader is not None and progress.rounds_done < config.num_rounds
             with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
                 evaluation = evaluate_and_score(
-                    state.model, eval_loader, eval_metadata, ctx, config.eval_save_outputs,
+                    state.model, sample_loader if sample else eval_loader, eval_metadata, ctx,
+                    () if sample else config.eval_save_outputs,
                     outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
-                    routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step), arc_scorer=arc_scorer)
+                    routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step),
+                    arc_scorer=None if sample else arc_scorer)
                 eval_metrics, arc_figures = evaluation.metrics, arc_metrics(evaluation.arc_scores)
                 if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
                     run_folder.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
                 if best is not None and arc_figures:
                     best.consider(min(step, state.total_steps), arc_figures, state.model.state_dict)
             if logger is not None and eval_metrics is not None:
-                logger.log({**flatten_eval_metrics(eval_metrics), **arc_figures}, step=min(step, state.total_steps))
-                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics, arc_figures))
+                logger.log({**flatten_eval_metrics(eval_metrics, sample), **arc_figures},
+                           step=min(step, state.total_steps))
+                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics, arc_figures,
+                                                        sample))
             save_state()
             if stop.should_stop(ctx, synchronise=True):
                 raise interrupt(stop)

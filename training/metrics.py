@@ -15,6 +15,9 @@ from training.distributed import DistributedContext
 
 # Prefix of the training figures' logged names (`train/<name>`).
 TRAIN_PREFIX = "train/"
+# Prefix of the logged names of an evaluation on a sample of the test split (`eval_max_examples`):
+# `sample/<set>/<name>`; an evaluation of the whole split logs `<set>/<name>`.
+EVAL_SAMPLE_PREFIX = "sample/"
 
 # The logged name of each RoutingDiagnostics field: the names runs have always logged, so older run
 # folders still plot and sweep.
@@ -45,10 +48,15 @@ def logged_routing_levels(names: Iterable[str], diagnostic: str) -> List[str]:
     return sorted(name[len(prefix):] for name in names if name.startswith(prefix) and len(name) > len(prefix))
 
 
+# Routing diagnostics that count over a step's sequences (not means): a step's micro-batches add up.
+_ROUTING_COUNTS = ("slow_updates", "ponder_cost")
+
+
 class Reduction(enum.Enum):
     PER_SEQUENCE = "per_sequence"  # a sum over finished sequences: divided by their count
     PER_EXAMPLE = "per_example"  # a sum over the batch: divided by the global batch size and the steps
-    MEAN = "mean"  # already a mean per step and process: averaged over both
+    PER_STEP = "per_step"  # a count per step and process: averaged over both
+    MEAN = "mean"  # already a mean per call (step, or micro-batch) and process: averaged over both
 
 
 def named_step_metrics(metrics: StepMetrics, routing: Optional[RoutingOutput]
@@ -58,7 +66,8 @@ def named_step_metrics(metrics: StepMetrics, routing: Optional[RoutingOutput]
     named += [(name, value, Reduction.PER_SEQUENCE) for name, value in metrics.per_sequence.items()]
     named += [(name, value, Reduction.PER_EXAMPLE) for name, value in metrics.losses.items()]
     if routing is not None:
-        named += [(routing_metric_name(diagnostic, level), value, Reduction.MEAN)
+        named += [(routing_metric_name(diagnostic, level), value,
+                   Reduction.PER_STEP if diagnostic in _ROUTING_COUNTS else Reduction.MEAN)
                   for level, level_routing in routing.levels.items()
                   for diagnostic, value in level_routing.diagnostics.figures().items()]
     return sorted(named, key=lambda item: item[0])  # the same order on every rank
@@ -71,16 +80,20 @@ class TrainMetrics:
         self.names: Optional[List[str]] = None
         self.reductions: Optional[List[Reduction]] = None
         self.total: Optional[torch.Tensor] = None
-        self.steps = 0
+        self.calls = 0
+        self.micro_batches = 1
 
-    def add(self, metrics: StepMetrics, routing: Optional[RoutingOutput]) -> None:
+    def add(self, metrics: StepMetrics, routing: Optional[RoutingOutput], micro_batches: int = 1) -> None:
+        """Add one step's figures or, with gradient accumulation, one of its `micro_batches` parts' (added
+        once per part): sums and counts add up over a step's parts, means are averaged over them."""
         named = named_step_metrics(metrics, routing)
         if self.names is None:
             self.names = [name for name, _, _ in named]
             self.reductions = [reduction for _, _, reduction in named]
         values = torch.stack([value.to(torch.float64) for _, value, _ in named])
         self.total = values if self.total is None else self.total + values
-        self.steps += 1
+        self.calls += 1
+        self.micro_batches = micro_batches
 
     def reduce(self, ctx: DistributedContext, global_batch_size: int) -> Optional[Dict[str, float]]:
         """Rank 0 gets `train/<name>` figures since the last call (other ranks get them too, unreduced).
@@ -93,10 +106,12 @@ class TrainMetrics:
         if ctx.world_size > 1:
             dist.reduce(total, dst=0)
         values = dict(zip(self.names, total.tolist()))
-        steps, self.total, self.steps = self.steps, None, 0
+        calls, self.total, self.calls = self.calls, None, 0
+        steps = calls // self.micro_batches
         divisors = {Reduction.PER_SEQUENCE: values["count"],
                     Reduction.PER_EXAMPLE: global_batch_size * steps,
-                    Reduction.MEAN: steps * ctx.world_size}
+                    Reduction.PER_STEP: steps * ctx.world_size,
+                    Reduction.MEAN: calls * ctx.world_size}
         return {TRAIN_PREFIX + name: values[name] / divisors[reduction]
                 for name, reduction in zip(self.names, self.reductions) if divisors[reduction]}
 

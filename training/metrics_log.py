@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 import tqdm
 
+from training.metrics import EVAL_SAMPLE_PREFIX
 from training.run_folder import METRICS_FILE, FileWriteError, append_text
 
 
@@ -87,17 +88,22 @@ SUMMARY_COLUMNS = (("accuracy", "accuracy"), ("exact_accuracy", "exact"), ("step
 
 
 def format_evaluation(step: int, metrics: Dict[str, Dict[str, float]],
-                      arc_figures: Optional[Dict[str, float]] = None) -> str:
-    """A compact table of one evaluation: a row per set, the summary columns; then the ARC scores, if any."""
+                      arc_figures: Optional[Dict[str, float]] = None, sample: bool = False) -> str:
+    """A compact table of one evaluation (`sample`: of a sample of the test split): a row per set, the
+    summary columns; then the ARC scores, if any."""
     width = max(len("set"), *(len(name) for name in metrics))
     header = "  ".join([f"{'set':<{width}}", *(f"{title:>11}" for _, title in SUMMARY_COLUMNS)])
     rows = ["  ".join([f"{name:<{width}}", *(f"{values.get(key, float('nan')):>11.4f}" for key, _ in SUMMARY_COLUMNS)])
             for name, values in metrics.items()]
     if arc_figures:
         rows.append("  ".join(f"{name} {value:.4f}" for name, value in arc_figures.items()))
-    return "\n".join([f"evaluation at step {step}", header, *rows])
+    title = f"evaluation at step {step}" + (" (eval_max_examples sample)" if sample else "")
+    return "\n".join([title, header, *rows])
 
 
-def flatten_eval_metrics(metrics: Optional[Dict[str, Dict[str, float]]]) -> Dict[str, float]:
-    """`{set: {name: value}}` -> `{"<set>/<name>": value}` as logged."""
-    return {f"{set_name}/{name}": value for set_name, values in (metrics or {}).items() for name, value in values.items()}
+def flatten_eval_metrics(metrics: Optional[Dict[str, Dict[str, float]]], sample: bool = False) -> Dict[str, float]:
+    """`{set: {name: value}}` -> `{"<set>/<name>": value}` as logged, or `sample/<set>/<name>` for an
+    evaluation on a sample of the test split."""
+    prefix = EVAL_SAMPLE_PREFIX if sample else ""
+    return {f"{prefix}{set_name}/{name}": value
+            for set_name, values in (metrics or {}).items() for name, value in values.items()}

@@ -58,3 +58,11 @@ def clip_gradient_norm(params: Iterable[torch.Tensor], max_norm: float) -> None:
     grads: List[torch.Tensor] = [p for p in params if p.grad is not None]
     if grads:
         torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
+
+
+def keep_micro_batch_gradients(optimizers: List[torch.optim.Optimizer]) -> None:
+    """After each micro-batch but a step's last: dense gradients add up by themselves, but the puzzle
+    embedding's are per looked-up row, which the next micro-batch replaces, so its optimizer keeps them."""
+    for optimizer in optimizers:
+        if isinstance(optimizer, SparseEmbeddingSignSGD):
+            optimizer.keep_micro_batch()

@@ -22,10 +22,12 @@ from training.train_state import TrainState
 # `data_path` may move, as long as the dataset's contents (its fingerprint) stay the same.
 # `eval_interval` may change only as far as the epochs per round (which order the data) stay the same.
 # `init_from` only starts a new run: a resumed one takes its weights from its training state.
+# `grad_accum_steps` changes only rounding (the carry is saved whole); `eval_max_examples` only the
+# evaluations between rounds.
 KEYS_FREE_TO_CHANGE = {"project_name", "run_name", "checkpoint_path", "resume", "resume_allow_changes",
                        "overwrite_run", "compile", "fast_path", "plots", "log_interval", "checkpoint_interval",
                        "checkpoint_every_eval", "eval_save_outputs", "data_build_command", "auto_build_data", "epochs", "eval_interval",
-                       "data_path", "init_from", "init_from_identifiers"}
+                       "data_path", "init_from", "init_from_identifiers", "grad_accum_steps", "eval_max_examples"}
 
 
 def existing_run_files(run_dir: str) -> List[str]:

@@ -18,15 +18,25 @@ if TYPE_CHECKING:  # the run folder's file format, which itself holds a TrainPro
     from training.run_folder import SavedTrainState
 
 
+def join_rows(trees: List[Any]) -> Any:
+    """Pytrees of tensors with the batch first (ACT carries, batches), joined along the batch in order."""
+    return pytree.tree_map(lambda *leaves: torch.cat(leaves) if isinstance(leaves[0], torch.Tensor) else leaves[0],
+                           *trees)
+
+
+def split_rows(tree: Any, parts: int) -> List[Any]:
+    """A pytree of tensors with the batch first, as `parts` equal consecutive slices of its rows (views)."""
+    leaves, spec = pytree.tree_flatten(tree)
+    pieces = [leaf.tensor_split(parts) if isinstance(leaf, torch.Tensor) else [leaf] * parts for leaf in leaves]
+    return [pytree.tree_unflatten([piece[part] for piece in pieces], spec) for part in range(parts)]
+
+
 def join_and_split_carries(carries: List[Any], world_size: int, rank: int) -> Any:
     """Rank `rank`'s share, among `world_size` processes, of the ACT carries `carries` saved by each rank of
     another process count. Every carry tensor has the batch first, and each rank holds a contiguous slice
     of the global batch, so joining in rank order gives the global carry and equal chunks re-split it."""
-    def share(*leaves: Any) -> Any:
-        if not isinstance(leaves[0], torch.Tensor):
-            return leaves[0]  # None, e.g. the state of a stateless router
-        return torch.cat(leaves).chunk(world_size)[rank].clone()
-    return pytree.tree_map(share, *carries)
+    share = split_rows(join_rows(carries), world_size)[rank]
+    return pytree.tree_map_only(torch.Tensor, torch.clone, share)
 
 
 @dataclass
