@@ -170,9 +170,9 @@ def test_empty_crops_winning_the_vote_stay_out_of_the_submission(arc_dataset, tm
 def test_submittable_grids():
     assert arc_vote.is_submittable(np.zeros((1, 1), dtype=np.int32))
     assert arc_vote.is_submittable(np.full((30, 30), 9))
-    for grid in (np.zeros((0, 0)), np.zeros((1, 0)), np.zeros((31, 2)), np.full((2, 2), 10), np.full((2, 2), -1),
-                 np.zeros(3)):
-        assert not arc_vote.is_submittable(grid), grid.shape
+    for invalid in (np.zeros((0, 0)), np.zeros((1, 0)), np.zeros((31, 2)), np.full((2, 2), 10), np.full((2, 2), -1),
+                    np.zeros(3)):
+        assert not arc_vote.is_submittable(invalid), invalid.shape
 
 
 def test_default_ks(arc_dataset, our_predictions):
