@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-import evaluate
 from models.checkpoint import COMPILED_PREFIX
 from training.build import read_metadata
 from training.distributed import DistributedContext
@@ -17,8 +16,8 @@ from training.loop import run_training, total_train_steps
 from training.metrics_log import MetricsLogger
 
 from conftest import REPO_ROOT
-from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_in_process, read_metrics, run_pretrain, torchrun,
-                       train_losses)
+from tiny_runs import (ENV, TINY_OVERRIDES, assert_evaluate_reproduces_final_evaluation, make_config,
+                       pretrain_in_process, read_metrics, run_pretrain, torchrun, train_losses)
 from tool_datasets import build_arc
 
 
@@ -226,9 +225,4 @@ def test_routed_training_lowers_loss_and_logs_routing(tiny_dataset, tmp_path, mo
     assert all(len(line["top_heads"]) == (topk or 2) for line in lines)
     assert all((max(line["alphas"]) == 1.0) == (topk == 1) for line in lines)
     # evaluate.py reproduces the final evaluation (the annealed temperature travels with the weights).
-    capsys.readouterr()
-    assert evaluate.main(["--checkpoint", str(tmp_path / "step_24")]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    final = [r for r in rows if "all/lm_loss" in r][-1]
-    for key in ("lm_loss", "q_halt_loss", "exact_accuracy"):
-        assert abs(printed["all"][key] - final[f"all/{key}"]) < 1e-6, key
+    assert_evaluate_reproduces_final_evaluation(tmp_path / "step_24", rows, capsys)

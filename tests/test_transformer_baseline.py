@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from models import build_model, parse_arch
-from models.checkpoint import COMPILED_PREFIX, load_model_weights
 from models.config_validation import ConfigError
 from training.distributed import DistributedContext
 from training.loop import run_training
-from training.run_folder import read_weights
 
 from test_hrm import ref_linear, ref_rms, ref_rope
-from test_trm import assert_float32_close, release_swiglu, release_weights
+from test_trm import (assert_float32_close, assert_release_checkpoint_loads, assert_unrouted_training_interface,
+                      release_swiglu, release_weights)
 from tiny_runs import make_config, read_metrics, train_losses
 
 TRANSFORMER_ARCH = dict(
@@ -217,28 +216,12 @@ def test_release_state_dict_keys_and_parameter_count_at_its_defaults():
 
 
 def test_a_release_checkpoint_loads_strictly_and_gives_the_same_outputs(tmp_path):
-    source = tiny_transformer(pos_encodings="learned")
-    path = tmp_path / "step_10"
-    torch.save({COMPILED_PREFIX + k: v for k, v in source.state_dict().items()}, path)
-    torch.manual_seed(5)
-    target = build_model(parse_arch(dict(TRANSFORMER_ARCH, pos_encodings="learned")), batch_size=BATCH, seq_len=SEQ,
-                         vocab_size=VOCAB, num_puzzle_identifiers=IDS)
-    assert load_model_weights(target, read_weights(str(path))) == []
-    target.load_state_dict(source.state_dict(), strict=True)
-    source.eval(), target.eval()
-    batch = tiny_batch(1)
-    with torch.no_grad():
-        a = source(carry=source.initial_carry(batch), batch=batch, return_keys=["logits"])
-        b = target(carry=target.initial_carry(batch), batch=batch, return_keys=["logits"])
-    assert torch.equal(a.outputs["logits"], b.outputs["logits"])
+    assert_release_checkpoint_loads(tiny_transformer(pos_encodings="learned"),
+                                    dict(TRANSFORMER_ARCH, pos_encodings="learned"), tmp_path / "step_10", tiny_batch(1))
 
 
 def test_training_interface():
-    model = tiny_transformer()
-    groups = model.parameter_groups()
-    assert model.routers() == {} and groups.routing == []
-    assert {id(p) for p in groups.weights} == {id(p) for p in model.parameters()}
-    assert groups.puzzle_embedding == list(model.model.inner.puzzle_emb.buffers())
+    assert_unrouted_training_interface(tiny_transformer())
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -276,29 +276,37 @@ def test_learned_positions_cover_the_puzzle_positions():
     assert tiny_trm(puzzle_emb_len=0).model.inner.puzzle_emb_len == 2  # ceil(48 / 32)
 
 
-def test_a_release_checkpoint_loads_strictly_and_gives_the_same_outputs(tmp_path):
-    source = tiny_trm(mlp_t=True, pos_encodings="none")
-    path = tmp_path / "step_10"
+def assert_release_checkpoint_loads(source, arch, path, batch):
+    """`source`'s weights saved as the release's compiled training saves them (`_orig_mod.` keys) load strictly
+    into a new model of `arch`, which then gives the same logits."""
     torch.save({COMPILED_PREFIX + k: v for k, v in source.state_dict().items()}, path)
     torch.manual_seed(5)
-    target = build_model(parse_arch(dict(TRM_ARCH, mlp_t=True, pos_encodings="none")), batch_size=BATCH, seq_len=SEQ,
-                         vocab_size=VOCAB, num_puzzle_identifiers=IDS)
+    target = build_model(parse_arch(arch), batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=IDS)
     assert load_model_weights(target, read_weights(str(path))) == []
     target.load_state_dict(source.state_dict(), strict=True)
     source.eval(), target.eval()
-    batch = tiny_batch(1)
     with torch.no_grad():
         a = source(carry=source.initial_carry(batch), batch=batch, return_keys=["logits"])
         b = target(carry=target.initial_carry(batch), batch=batch, return_keys=["logits"])
     assert torch.equal(a.outputs["logits"], b.outputs["logits"])
 
 
-def test_training_interface():
-    model = tiny_trm()
+def assert_unrouted_training_interface(model):
+    """What training asks of a model without routing: no routers, every parameter a weight, the puzzle
+    embedding's table for sign-SGD."""
     groups = model.parameter_groups()
     assert model.routers() == {} and groups.routing == []
     assert {id(p) for p in groups.weights} == {id(p) for p in model.parameters()}
     assert groups.puzzle_embedding == list(model.model.inner.puzzle_emb.buffers())
+
+
+def test_a_release_checkpoint_loads_strictly_and_gives_the_same_outputs(tmp_path):
+    assert_release_checkpoint_loads(tiny_trm(mlp_t=True, pos_encodings="none"),
+                                    dict(TRM_ARCH, mlp_t=True, pos_encodings="none"), tmp_path / "step_10", tiny_batch(1))
+
+
+def test_training_interface():
+    assert_unrouted_training_interface(tiny_trm())
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -7,7 +7,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import evaluate
 from models import build_model, parse_arch
 from models.checkpoint import load_model_weights
 from models.config_validation import ConfigError
@@ -15,7 +14,8 @@ from training.distributed import DistributedContext
 from training.loop import run_training
 
 from test_trm import BATCH, IDS, SEQ, TRM_ARCH, VOCAB, tiny_batch
-from tiny_runs import arch_config, make_config, read_metrics, train_losses
+from tiny_runs import (arch_config, assert_evaluate_reproduces_final_evaluation, make_config, read_metrics,
+                       train_losses)
 
 CONTROLLERS = ["classical", "hrm", "hrm_act"]
 TINY = {k: v for k, v in TRM_ARCH.items() if k not in ("name", "loss")}
@@ -162,12 +162,7 @@ def test_routed_trm_training_lowers_loss_and_logs_routing(tiny_dataset, tmp_path
         lines = [json.loads(line) for line in f]
     # 10 samples x (H_cycles 1 x (L_cycles 2 + 1) calls) x 3 ACT steps, all of the one level.
     assert len(lines) == 10 * 3 * 3 and {line["level"] for line in lines} == {"L"}
-    capsys.readouterr()
-    assert evaluate.main(["--checkpoint", str(tmp_path / "step_24")]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    final = [r for r in rows if "all/lm_loss" in r][-1]
-    for key in ("lm_loss", "q_halt_loss", "exact_accuracy"):
-        assert abs(printed["all"][key] - final[f"all/{key}"]) < 1e-6, key
+    assert_evaluate_reproduces_final_evaluation(tmp_path / "step_24", rows, capsys)
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)

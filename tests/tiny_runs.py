@@ -91,3 +91,14 @@ def read_metrics(run_dir):
 
 def train_losses(rows):
     return {row["step"]: row["train/lm_loss"] for row in rows if "train/lm_loss" in row}
+
+
+def assert_evaluate_reproduces_final_evaluation(weights_path, rows, capsys):
+    """evaluate.py on the run's last weights prints the losses and exact accuracy its last evaluation logged."""
+    import evaluate
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(weights_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    final = [row for row in rows if "all/lm_loss" in row][-1]
+    for key in ("lm_loss", "q_halt_loss", "exact_accuracy"):
+        assert abs(printed["all"][key] - final[f"all/{key}"]) < 1e-6, key
