@@ -26,27 +26,33 @@ Batch = Dict[str, torch.Tensor]
 LEVELS = ("H", "L")
 
 
-class HRMArchConfig(pydantic.BaseModel):
-    """Architecture of `hrm_v1` as a run config's `arch` block sets it, with the reference's key names and
-    defaults; the sizes that come from the dataset are HRMConfig's."""
+class SharedArchConfig(pydantic.BaseModel):
+    """The `arch` keys of every architecture here (HRM, TRM, the transformer baseline), with the reference's
+    names and defaults: the embeddings' and blocks' sizes, ACT halting, the dtype and the attention kernel."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     puzzle_emb_ndim: int = pydantic.Field(0, ge=0, description="0 disables the puzzle embedding")
-    H_cycles: int = pydantic.Field(gt=0)
-    L_cycles: int = pydantic.Field(gt=0)
-    H_layers: int = pydantic.Field(gt=0)
-    L_layers: int = pydantic.Field(gt=0)
     hidden_size: int = pydantic.Field(gt=0)
     expansion: float = pydantic.Field(gt=0)
     num_heads: int = pydantic.Field(gt=0)
-    pos_encodings: Literal["rope", "learned"]
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     halt_max_steps: int = pydantic.Field(gt=0)
     halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
     forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attention_backend: Literal[BACKEND_CHOICES] = "auto"
+
+
+class HRMArchConfig(SharedArchConfig):
+    """Architecture of `hrm_v1` as a run config's `arch` block sets it, with the reference's key names and
+    defaults; the sizes that come from the dataset are HRMConfig's."""
+
+    H_cycles: int = pydantic.Field(gt=0)
+    L_cycles: int = pydantic.Field(gt=0)
+    H_layers: int = pydantic.Field(gt=0)
+    L_layers: int = pydantic.Field(gt=0)
+    pos_encodings: Literal["rope", "learned"]
     routing: RoutingConfig = RoutingConfig()
 
     @pydantic.model_validator(mode="after")

@@ -25,34 +25,21 @@ import pydantic
 import torch
 import torch.utils._pytree as pytree
 
-from models.attention import BACKEND_CHOICES
 from models.hrm import (Batch, DatasetSizes, HierarchicalReasoningModel, HierarchicalReasoningModelACT, HRMConfig,
-                        ReasoningModule, initial_state)
+                        ReasoningModule, SharedArchConfig, initial_state)
 from models.layers import check_head_sizes
 from models.routing import RoutingConfig
 
 
-class TransformerArchConfig(pydantic.BaseModel):
+class TransformerArchConfig(SharedArchConfig):
     """Architecture of `transformer` as a run config's `arch` block sets it, with the release's key names and
     defaults; the sizes that come from the dataset are TransformerConfig's."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    puzzle_emb_ndim: int = pydantic.Field(0, ge=0, description="0 disables the puzzle embedding")
     H_cycles: int = pydantic.Field(ge=0, description="ignored, as in the release: the stack runs once a step")
     H_layers: int = pydantic.Field(gt=0, description="layers of the stack")
-    hidden_size: int = pydantic.Field(gt=0)
-    expansion: float = pydantic.Field(gt=0)
-    num_heads: int = pydantic.Field(gt=0)
     pos_encodings: Literal["rope", "learned"]
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    halt_max_steps: int = pydantic.Field(gt=0)
-    halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
     act_enabled: bool = pydantic.Field(True, description="in training, the Q head may halt sequences early")
     act_inference: bool = pydantic.Field(False, description="in evaluation, the Q head may halt sequences early")
-    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    attention_backend: Literal[BACKEND_CHOICES] = "auto"
 
     @pydantic.model_validator(mode="after")
     def _head_sizes(self) -> "TransformerArchConfig":

@@ -15,33 +15,20 @@ import torch
 from torch import nn
 
 from models.hrm import (Batch, DatasetSizes, HierarchicalReasoningModel, HierarchicalReasoningModelACT, InnerCarry,
-                        LevelCalls, ReasoningModule, initial_state)
-from models.attention import BACKEND_CHOICES
+                        LevelCalls, ReasoningModule, SharedArchConfig, initial_state)
 from models.layers import Attention, CosSin, SwiGLU, check_head_sizes, rms_norm
 from models.routing import RoutingConfig, RoutingOutput
 
 
-class TRMArchConfig(pydantic.BaseModel):
+class TRMArchConfig(SharedArchConfig):
     """Architecture of `trm` as a run config's `arch` block sets it, with the release's key names and defaults;
     the sizes that come from the dataset are TRMConfig's."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    puzzle_emb_ndim: int = pydantic.Field(0, ge=0, description="0 disables the puzzle embedding")
     H_cycles: int = pydantic.Field(gt=0, description="recursions per ACT step; all but the last without gradient")
     L_cycles: int = pydantic.Field(gt=0, description="z_L updates per recursion")
     H_layers: int = pydantic.Field(ge=0, description="ignored, as in the release: there is one network")
     L_layers: int = pydantic.Field(gt=0, description="layers of the one network")
-    hidden_size: int = pydantic.Field(gt=0)
-    expansion: float = pydantic.Field(gt=0)
-    num_heads: int = pydantic.Field(gt=0)
     pos_encodings: Literal["rope", "learned", "none"]
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    halt_max_steps: int = pydantic.Field(gt=0)
-    halt_exploration_prob: float = pydantic.Field(ge=0, le=1)
-    forward_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    attention_backend: Literal[BACKEND_CHOICES] = "auto"
     mlp_t: bool = pydantic.Field(False, description="mix positions with an MLP over the sequence, not attention")
     puzzle_emb_len: int = pydantic.Field(16, ge=0, description="positions of the puzzle embedding; 0: "
                                                                "ceil(puzzle_emb_ndim / hidden_size)")
