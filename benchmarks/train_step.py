@@ -10,6 +10,14 @@ and embedding all-gather included) at the given per-GPU batch. `--barrier-dir DI
 K processes started together (benchmarks/concurrent_runs.py) wait for each other after their warm-up, so
 that all of them time the same interval. `--grad-accum-steps N` splits each step into N
 micro-batches (gradient accumulation), so the peak memory it prints can be read against N.
+
+`--arch-config NAME` times config/arch/NAME.yaml (default hrm_v1, the published HRM), as `arch=NAME` composes
+it, with `--arch` JSON overrides on top. The architectures at the settings of their releases' runs:
+
+    python benchmarks/train_step.py --task sudoku --arch-config trm_mlp
+    python benchmarks/train_step.py --task sudoku --arch-config trm
+    python benchmarks/train_step.py --task maze --arch-config trm --arch '{"L_cycles": 4}'
+    python benchmarks/train_step.py --task sudoku --arch-config transformer
 """
 import argparse
 import contextlib
@@ -25,6 +33,7 @@ from command_line import OneLineArgumentParser, run_cli
 from dataset.atomic_file import write_text
 from dataset.format import PuzzleDatasetMetadata
 from models.attention import resolve_backend
+from pretrain import compose_config
 from training import fast_path
 from training.config import load_config
 from training.distributed import setup_distributed, teardown_distributed
@@ -38,10 +47,6 @@ TASK_SHAPES = {"sudoku": (81, 11, 1), "maze": (900, 6, 1), "arc": (900, 12, 960_
 # Per-GPU batches of the published runs (global batch 768 over 8 GPUs for maze, one GPU's worth for Sudoku).
 DEFAULT_BATCH = {"sudoku": 768, "maze": 96, "arc": 96}
 
-ARCH = dict(name="hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
-            loss=dict(name="losses@ACTLossHead", loss_type="stablemax_cross_entropy"),
-            halt_exploration_prob=0.1, halt_max_steps=16, H_cycles=2, L_cycles=2, H_layers=4, L_layers=4,
-            hidden_size=512, num_heads=8, expansion=4, puzzle_emb_ndim=512, pos_encodings="rope")
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 BARRIER_TIMEOUT_S = 1800  # the slowest process's start-up and compilation
 
@@ -62,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="restrict PyTorch SDPA to one kernel")
     parser.add_argument("--inductor-options", default="{}", help="JSON of extra Inductor options for the fast path")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--arch-config", default="hrm_v1", help="config/arch/<name>.yaml to time (default hrm_v1)")
     parser.add_argument("--arch", default="{}", help="JSON of arch overrides, e.g. '{\"hidden_size\": 64}'")
     parser.add_argument("--barrier-dir", default=None, help="with --barrier-size: a folder the processes that "
                                                             "time together share")
@@ -117,7 +123,8 @@ def peak_memory_gib(ctx):
 def measure(args, ctx, fast: bool, shapes, batches):
     """Build a train state (seeded: the same initial weights for either path) and time it."""
     seq_len, vocab_size, num_identifiers = shapes
-    arch = dict(ARCH, forward_dtype=args.dtype, attention_backend=args.attention_backend, **args.arch)
+    arch = dict(compose_config([f"arch={args.arch_config}"])["arch"], forward_dtype=args.dtype,
+                attention_backend=args.attention_backend, **args.arch)
     global_batch = args.batch_size * ctx.world_size
     config = load_config(dict(arch=arch, data_path="unused", global_batch_size=global_batch, epochs=1, lr=1e-4,
                               lr_min_ratio=1.0, lr_warmup_steps=2000, weight_decay=1.0, beta1=0.9, beta2=0.95,
@@ -150,6 +157,7 @@ def measure(args, ctx, fast: bool, shapes, batches):
     figures = dict(path="fast" if isinstance(state.model, fast_path.GraphReplayedModel) else "plain",
                    steps_per_second=round(args.steps / elapsed, 3), warmup_seconds=round(warmup_seconds, 1),
                    peak_memory_gib=peak_memory_gib(ctx),
+                   num_params=sum(p.numel() for p in state.base_model.parameters()),
                    final_lm_loss=last_step.reduce(ctx, global_batch)["train/lm_loss"])
     if args.eval:
         eval_batches = random_batches(2, args.batch_size, seq_len, vocab_size, num_identifiers, ctx.device)
@@ -179,7 +187,7 @@ def main(argv=None) -> None:
         paths = [False, True] if args.compare_plain else [not args.plain]
         runs = [measure(args, ctx, fast, shapes, batches) for fast in paths]
     if ctx.is_main:
-        result = dict(task=args.task, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
+        result = dict(task=args.task, arch=args.arch_config, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
                       grad_accum_steps=args.grad_accum_steps, dtype=args.dtype,
                       attention_backend=resolve_backend(args.attention_backend), sdpa_backend=args.sdpa_backend,
                       inductor_options=fast_path.FAST_PATH_OPTIONS,
