@@ -194,6 +194,11 @@ def load_puzzle_folders(dataset_dir: str) -> List[Tuple[str, List[SourcePuzzle]]
             stem = os.path.splitext(os.path.basename(path))[0]
             puzzles.append(parse_puzzle(read_json(path, DatasetBuildError), stem, path))
         loaded.append((subfolder, puzzles))
+    if not any(puzzles for _, puzzles in loaded):
+        hint = ("; it holds puzzle files itself: give its parent folder"
+                if glob.glob(os.path.join(glob.escape(dataset_dir), "*.json")) else "")
+        raise DatasetBuildError(f"{dataset_dir}: no subfolder of <id>.json puzzles (a --dataset-dirs folder holds "
+                                f"subsets, such as training/ and evaluation/){hint}")
     return loaded
 
 

@@ -88,7 +88,8 @@ def submission(result: VoteResult) -> Dict[str, List[Dict[str, list]]]:
 
 def vote_predictions(dataset_dir: str, prediction_prefix: str) -> VoteResult:
     split = read_named_split(dataset_dir, TEST_SPLIT)
-    predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id)
+    predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id,
+                                   seq_len=split.metadata.seq_len)
     return rank_answers(split, predictions)
 
 

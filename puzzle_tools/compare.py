@@ -197,11 +197,22 @@ def difference_of_means(treatment: np.ndarray, baseline: np.ndarray, axis: int =
     return treatment.mean(axis=axis) - baseline.mean(axis=axis)
 
 
+# Figures that differ by less than this fraction of their size differ by float rounding only (0.3 - 0.2 is
+# not 0.2 - 0.1): taken as constant, or the t statistics would divide by rounding noise.
+ROUNDING = 1e-9
+
+
+def is_constant(values: np.ndarray, *arms: np.ndarray) -> bool:
+    """Whether `values` are equal but for the float rounding of figures of the size of `arms`' (default: theirs)."""
+    scale = max(float(np.abs(arm).max()) for arm in (arms or (values,)))
+    return float(np.ptp(values)) <= ROUNDING * scale
+
+
 def compare(metric: str, baseline: np.ndarray, treatment: np.ndarray, seed: int) -> Comparison:
     for arm, values in (("baseline", baseline), ("treatment", treatment)):
         if len(values) < 2:
             raise CompareError(f"the {arm} arm has {len(values)} run(s) with {metric}; at least 2 per arm are needed")
-    if np.ptp(baseline) == 0 and np.ptp(treatment) == 0:
+    if is_constant(baseline) and is_constant(treatment):
         raise CompareError(f"{metric} is constant within both arms (baseline {baseline[0]:g}, treatment "
                            f"{treatment[0]:g}): the t statistic is undefined")
     from scipy import stats  # an optional extra of the package, checked by compare_arms
@@ -223,7 +234,7 @@ def compare(metric: str, baseline: np.ndarray, treatment: np.ndarray, seed: int)
 def compare_paired(metric: str, baseline: ArmRuns, treatment: ArmRuns, seed: int) -> PairedComparison:
     """The paired t-test and paired bootstrap interval of two arms already in the same seed order."""
     differences = treatment.values - baseline.values
-    if np.ptp(differences) == 0:
+    if is_constant(differences, baseline.values, treatment.values):
         raise CompareError(f"--paired: {metric} treatment - baseline is {differences[0]:g} for every seed: the "
                            f"paired t statistic is undefined")
     from scipy import stats

@@ -96,10 +96,7 @@ def score_sudoku(dataset_dir: str, prediction_prefix: str) -> Dict[str, Dict[str
                              f"{metadata.seq_len}, vocab_size {metadata.vocab_size}; expected {SUDOKU_SEQ_LEN} and "
                              f"{SUDOKU_VOCAB_SIZE})")
     predictions = load_predictions(prediction_prefix, metadata.blank_identifier_id, metadata.pad_id,
-                                   required_keys=("labels",))
-    if predictions.inputs.shape[1] != SUDOKU_SEQ_LEN:
-        raise ToolInputError(f"{prediction_prefix}: predictions of sequence length {predictions.inputs.shape[1]}, "
-                             f"expected {SUDOKU_SEQ_LEN}")
+                                   required_keys=("labels",), seq_len=metadata.seq_len)
     scores = {}
     for set_name, (inputs, labels, predicted) in assign_sets(split, predictions).items():
         correct = predicted == labels

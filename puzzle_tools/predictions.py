@@ -167,10 +167,11 @@ def read_rank_file(path: str, blank_identifier_id: int, pad_id: int,
 
 
 def load_predictions(prefix: str, blank_identifier_id: int = 0, pad_id: int = 0,
-                     required_keys: Sequence[str] = VOTING_KEYS) -> Predictions:
+                     required_keys: Sequence[str] = VOTING_KEYS, seq_len: Optional[int] = None) -> Predictions:
     """Read every rank file of `prefix`; each must hold `required_keys` (of OPTIONAL_KEYS) beside `inputs` and
     the predictions. `blank_identifier_id` and `pad_id` come from the dataset's `dataset.json` and tell the
-    reference format's padding rows."""
+    reference format's padding rows; its `seq_len`, when given, is the predictions' sequence length (other
+    lengths are another dataset's predictions)."""
     files = prediction_files(prefix)
     per_file = [read_rank_file(path, blank_identifier_id, pad_id, required_keys) for path in files]
     saved_keys = [key for key in OPTIONAL_KEYS if key in per_file[0]]
@@ -181,6 +182,9 @@ def load_predictions(prefix: str, blank_identifier_id: int = 0, pad_id: int = 0,
     lengths = {arrays["inputs"].shape[1] for arrays in per_file}
     if len(lengths) > 1:
         raise ToolInputError(f"{prefix}: rank files differ in sequence length ({sorted(lengths)})")
+    if seq_len is not None and lengths != {seq_len}:
+        raise ToolInputError(f"{prefix}: predictions of {lengths.pop()}-token sequences, but the dataset's are "
+                             f"{seq_len} tokens long: predictions of another dataset")
 
     def joined(key: str) -> np.ndarray:
         return np.concatenate([arrays[key] for arrays in per_file])

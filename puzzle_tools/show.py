@@ -55,7 +55,8 @@ def describe_example(dataset_dir: str, split_name: str, set_name: Optional[str],
     input_tokens = puzzle_set.inputs[index]
     prediction_row, predictions = -1, None
     if prediction_prefix is not None:
-        predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id)
+        predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id,
+                                   seq_len=split.metadata.seq_len)
         (prediction_row,) = predictions.find_rows([identifier], input_tokens[None])
     example = decode_example(task, input_tokens, loss_labels(puzzle_set.labels[index], split.metadata),
                              predictions.preds[prediction_row] if prediction_row >= 0 else None)

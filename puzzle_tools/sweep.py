@@ -79,6 +79,7 @@ from tqdm import tqdm
 from command_line import OneLineArgumentParser, UserError, exit_status, run_cli
 from dataset.format import read_metadata
 from models.routing import RoutingDiagnostics
+from training.config import MAX_SEED
 from training.metrics import TRAIN_PREFIX, logged_routing_levels, routing_metric_name
 from dataset.text_file import FileReadError, csv_rows, read_json, read_yaml
 from training.run_folder import (METRICS_FILE, FileWriteError, RunFolderError, append_text, read_config, read_metrics,
@@ -546,6 +547,9 @@ def plan_and_run(args: argparse.Namespace) -> int:
             raise SweepError(f"--gpus {args.gpus!r}: expected distinct comma-separated GPU ids, e.g. 0,1")
     if args.runs_per_gpu < 1:
         raise SweepError(f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
+    bad_seeds = [seed for seed in args.seeds if not 0 <= seed <= MAX_SEED]
+    if bad_seeds:  # pretrain.py would refuse each run
+        raise SweepError(f"--seeds must be in 0..{MAX_SEED} (2**63 - 1), got {' '.join(map(str, bad_seeds))}")
     if args.max_runs is not None and args.max_runs < 1:
         raise SweepError(f"--max-runs must be at least 1, got {args.max_runs}")
     fixed_overrides = " ".join(args.overrides)

@@ -406,7 +406,8 @@ def build_report(dataset_dir: str, split_name: str, prediction_prefix: Optional[
     split = read_named_split(dataset_dir, split_name)
     predictions = None
     if prediction_prefix is not None:
-        predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id)
+        predictions = load_predictions(prediction_prefix, split.metadata.blank_identifier_id, split.metadata.pad_id,
+                                   seq_len=split.metadata.seq_len)
     return ReportBuilder(split, predictions, max_puzzles, max_examples, seed).build()
 
 

@@ -62,6 +62,28 @@ def test_best_checkpoint_keeps_the_highest_pass_at_2_and_carries_over_a_resume(t
     assert BestCheckpoint(str(tmp_path), resumed=False).consider(5, {"arc/pass@2": 0.0}, lambda: weights)
 
 
+@pytest.mark.parametrize("record", ['{"step": 3}', '{"step": 3, "arc/pass@2": "0.4"}', '{"step": 3, "arc/pass@2": null}'])
+def test_a_best_record_without_its_score_is_refused(tmp_path, record):
+    # Without its pass@2, any later evaluation would replace step_best, better or not.
+    (tmp_path / "best.json").write_text(record)
+    with pytest.raises(run_folder.RunFolderError) as error:
+        BestCheckpoint(str(tmp_path), resumed=True)
+    assert str(error.value).startswith(f"{tmp_path / 'best.json'}: expected the number 'arc/pass@2' of step_best")
+
+
+@pytest.mark.slow
+def test_a_resume_with_a_damaged_best_record_stops_before_writing(arc_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_dir = tmp_path / "run"
+    tiny = ["arch.halt_max_steps=1", "arch.hidden_size=16", "log_interval=100", "eval_interval=2"]
+    run_training(make_config(arc_dataset, f"checkpoint_path={run_dir}", "epochs=2", *tiny), CPU)
+    (run_dir / "best.json").write_bytes(b"\xff\xfe\x00{")
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    with pytest.raises(run_folder.RunFolderError, match="best.json"):
+        run_training(make_config(arc_dataset, f"resume={run_dir}", "epochs=4", *tiny), CPU)
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before  # no resume row, no config
+
+
 @pytest.mark.slow
 def test_a_tiny_arc_run_logs_its_scores_at_each_evaluation_and_keeps_the_best(arc_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")

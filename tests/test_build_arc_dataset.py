@@ -475,6 +475,19 @@ def test_subfolders_read_in_name_order(tmp_path):
     assert [p.name for p in loaded[0][1]] == ["alpha-0", "alpha-1", "alpha-2"]
 
 
+def test_a_folder_without_subset_folders_names_itself_and_the_layout(tmp_path):
+    puzzle = sample_puzzles("training", TRAINING_IDS[:1])[TRAINING_IDS[0]]
+    write_puzzle_folder(tmp_path, {"training": {"a1": puzzle}})
+    (tmp_path / "empty").mkdir()
+    layout = "no subfolder of <id>.json puzzles (a --dataset-dirs folder holds subsets, such as training/ and evaluation/)"
+    with pytest.raises(arc.DatasetBuildError) as error:
+        arc.load_puzzle_folders(str(tmp_path / "training"))  # the subset folder itself, not its parent
+    assert str(error.value) == f"{tmp_path / 'training'}: {layout}; it holds puzzle files itself: give its parent folder"
+    with pytest.raises(arc.DatasetBuildError) as error:
+        arc.load_puzzle_folders(str(tmp_path / "empty"))
+    assert str(error.value) == f"{tmp_path / 'empty'}: {layout}"
+
+
 def test_name_key_overrides_file_name(tmp_path):
     puzzle = sample_puzzles("training", TRAINING_IDS[:1])[TRAINING_IDS[0]]
     write_puzzle_folder(tmp_path / "raw", {"training": {"file-stem": {**puzzle, "name": "renamed"}}})

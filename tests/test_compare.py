@@ -92,6 +92,8 @@ def test_filters_pick_each_arm_out_of_one_sweep_csv(tmp_path, capsys):
     ([1.0, 2.0], [], [], f"error: the treatment arm has 0 run(s) with {METRIC}; at least 2 per arm are needed"),
     ([0.5, 0.5, 0.5], [0.75, 0.75], [],
      f"error: {METRIC} is constant within both arms (baseline 0.5, treatment 0.75): the t statistic is undefined"),
+    ([0.1 + 0.2, 0.3, 0.3], [0.75, 0.75], [],  # equal but for float rounding: t would divide by noise
+     f"error: {METRIC} is constant within both arms (baseline 0.3, treatment 0.75): the t statistic is undefined"),
     ([1.0, 2.0], [2.0, 3.0], ["--filter", "seed"], "error: --filter 'seed': expected KEY=VALUE"),
     ([1.0, 2.0], [2.0, 3.0], ["--baseline-filter", "topk=4"],
      f"error: {{b}}: no column 'topk' (columns: config_id, seed, arch.routing.controller, {METRIC})"),
@@ -256,6 +258,8 @@ def test_paired_arms_from_one_sweep_csv_and_a_plot(tmp_path, capsys):
      "(filter the arm to one setting)"),
     ([(0, 1.0), (1, 2.0), (2, 4.0)], [(0, 1.5), (1, 2.5), (2, 4.5)],
      f"error: --paired: {METRIC} treatment - baseline is 0.5 for every seed: the paired t statistic is undefined"),
+    ([(0, 0.1), (1, 0.2), (2, 0.3)], [(0, 0.2), (1, 0.3), (2, 0.4)],  # 0.1, 0.09999999999999998, 0.10000000000000003
+     f"error: --paired: {METRIC} treatment - baseline is 0.1 for every seed: the paired t statistic is undefined"),
 ])
 def test_paired_arms_whose_seeds_do_not_pair_up_are_one_line_errors(tmp_path, capsys, baseline, treatment, message):
     b, t = seeded_csv(tmp_path / "b.csv", baseline, "none"), seeded_csv(tmp_path / "t.csv", treatment, "hrm")

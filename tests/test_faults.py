@@ -22,8 +22,8 @@ from training.loop import run_training
 
 from conftest import REPO_ROOT
 from full_disk import filling_the_disk
-from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_with_fault, read_metrics, run_pretrain, train_losses,
-                       write_tiny_dataset)
+from tiny_runs import (ENV, TINY_OVERRIDES, make_config, pretrain_in_process, pretrain_with_fault, read_metrics,
+                       run_pretrain, train_losses, write_tiny_dataset)
 
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -121,6 +121,40 @@ def test_large_token_arrays_are_checked_at_sampled_rows(tmp_path, monkeypatch):
     with pytest.raises(DatasetFormatError, match="found 1..9"):
         create_dataloader(str(folder), "train", seed=0, global_batch_size=16, test_set_mode=False, epochs_per_iter=1,
                           rank=0, world_size=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run folder: every input is read before the first write, and a fault while writing is one line.
+
+def test_a_damaged_input_read_at_start_up_leaves_no_file_behind(tmp_path, capsys):
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    write_tiny_dataset(str(data))
+    (data / "identifiers.json").write_bytes(b"\xff\xfe\x00[")
+    status, err = pretrain_in_process([f"data_path={data}", *TINY_OVERRIDES, f"checkpoint_path={run_dir}"], capsys)
+    assert status == 2 and len(err) == 1 and err[0].startswith(f"error: {data / 'identifiers.json'}: "), err
+    assert not run_dir.exists()  # no all_config.yaml of a run that never started
+
+
+def test_a_run_file_that_cannot_be_cleared_is_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_tiny_dataset(str(tmp_path / "data"))
+    (run_dir / "metrics.jsonl").mkdir(parents=True)  # a folder in its place: root ignores read-only folders
+    status, err = pretrain_in_process([f"data_path={tmp_path / 'data'}", *TINY_OVERRIDES, f"checkpoint_path={run_dir}"],
+                                      capsys)
+    assert status == 2 and err == [f"error: cannot delete {run_dir / 'metrics.jsonl'} of the earlier run in {run_dir}: "
+                                   f"Is a directory"], err
+    assert sorted(os.listdir(run_dir)) == ["metrics.jsonl"]
+
+
+def test_an_error_during_training_is_a_line_of_its_own_after_the_progress_bar(tiny_dataset, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", filling_the_disk(torch.save, path_argument=1))  # from the first weights on
+    status, err = pretrain_in_process([f"data_path={tiny_dataset}", *TINY_OVERRIDES, f"checkpoint_path={run_dir}"],
+                                      capsys)
+    assert status == 2 and err[-1].startswith(f"error: cannot write {run_dir / 'step_12'}: "), err
+    assert [line for line in err if "error:" in line] == err[-1:]  # not on the bar's line
 
 
 # ---------------------------------------------------------------------------------------------------------

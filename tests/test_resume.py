@@ -216,6 +216,15 @@ def test_an_arch_saved_with_fewer_keys_is_the_same_typed_arch(tiny_dataset):
         compare_configs(saved, config, None, "unused")
 
 
+@pytest.mark.parametrize("entry", ["lr_typo", "arch.hiden_size", "rout"])
+def test_an_allowed_change_that_names_no_key_is_refused(tiny_dataset, entry):
+    config = make_config(tiny_dataset, "checkpoint_path=unused", f"resume_allow_changes=[lr,{entry}]")
+    with pytest.raises(ConfigError, match=rf"resume_allow_changes: '{entry}' names no config key"):
+        compare_configs(config.model_dump(), config, None, "unused")
+    allowed = make_config(tiny_dataset, "checkpoint_path=unused", "resume_allow_changes=[lr,routing,arch.hidden_size]")
+    assert compare_configs(config.model_dump(), allowed, None, "unused") == {}
+
+
 def test_a_config_saved_before_a_key_existed_compares_with_its_default(tiny_dataset):
     config = make_config(tiny_dataset, "checkpoint_path=unused")
     saved = {key: value for key, value in config.model_dump().items() if key not in ("freeze_weights", "ema")}

@@ -67,6 +67,7 @@ def test_grid_expands_seed_major_with_readable_ids_and_the_routing_arch():
     (["--max-runs", "0"], "error: --max-runs must be at least 1, got 0"),
     (["--runs-per-gpu", "0"], "error: --runs-per-gpu must be at least 1, got 0"),
     (["--seeds", "0", "data=x"], "error: argument --seeds: invalid int value: 'data=x'"),  # forgot the --
+    (["--seeds", "1", "-1"], "error: --seeds must be in 0..9223372036854775807 (2**63 - 1), got -1"),  # no run starts
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
     try:

@@ -190,6 +190,23 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "x.html")
 
 
+def test_predictions_of_another_dataset_are_refused_by_every_tool(tmp_path, capsys):
+    from puzzle_tools import arc_vote, show
+    sudoku, maze = write_sudoku(tmp_path / "s"), write_maze(tmp_path / "m")
+    prefix = str(tmp_path / "sudoku_preds")
+    save_label_predictions(prefix, sudoku, {0: {}, 1: {}}, num_files=1)
+    message = (f"error: {prefix}: predictions of 81-token sequences, but the dataset's are 49 tokens long: "
+               f"predictions of another dataset")
+    code, _, err = write_page(capsys, "--dataset", maze, "--predictions", prefix, "--out", str(tmp_path / "x.html"))
+    assert code == 2 and err == [message] and not os.path.exists(tmp_path / "x.html")
+    assert show.main(["--dataset", maze, "--index", "0", "--predictions", prefix]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    arc = build_arc(tmp_path / "a")
+    capsys.readouterr()  # the builder's progress
+    assert arc_vote.main(["--dataset", arc, "--predictions", prefix]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message.replace("49 tokens", "900 tokens")]
+
+
 # --- in a real browser ---------------------------------------------------------------------------------
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

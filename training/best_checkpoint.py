@@ -1,6 +1,7 @@
 """The run's best weights on ARC: `step_best`, the weights of the evaluation with the highest pass@2 so far."""
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, Optional
 
 import torch
@@ -16,7 +17,14 @@ class BestCheckpoint:
     def __init__(self, run_dir: str, resumed: bool):
         self.run_dir = run_dir
         record = run_folder.read_best_record(run_dir) if resumed else None
-        self.best: Optional[float] = record.get(BEST_CHECKPOINT_METRIC) if record is not None else None
+        self.best: Optional[float] = None
+        if record is not None:
+            self.best = record.get(BEST_CHECKPOINT_METRIC)
+            # Without its score, any later evaluation would replace step_best, better or not.
+            if isinstance(self.best, bool) or not isinstance(self.best, (int, float)):
+                raise run_folder.RunFolderError(
+                    f"{os.path.join(run_dir, run_folder.BEST_RECORD_FILE)}: expected the number "
+                    f"{BEST_CHECKPOINT_METRIC!r} of {run_folder.BEST_WEIGHTS_FILE}, found {self.best!r}")
 
     def consider(self, step: int, figures: Dict[str, float],
                  model_state: Callable[[], Dict[str, torch.Tensor]]) -> bool:

@@ -15,6 +15,10 @@ from training.evaluation import SAVABLE_OUTPUTS
 from training.routing_schedule import RoutingScheduleConfig
 
 
+# Each rank seeds torch with seed + rank, which must stay below 2**64.
+MAX_SEED = 2 ** 63 - 1
+
+
 class PretrainConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -34,7 +38,7 @@ class PretrainConfig(pydantic.BaseModel):
     project_name: Optional[str] = None
     run_name: Optional[str] = None
     checkpoint_path: Optional[str] = None
-    seed: int = pydantic.Field(0, ge=0, lt=2 ** 63)  # each rank seeds torch with seed + rank: below 2**64
+    seed: int = pydantic.Field(0, ge=0, le=MAX_SEED)
     checkpoint_every_eval: bool = False
     eval_interval: Optional[int] = pydantic.Field(None, gt=0)
     eval_save_outputs: List[str] = []

@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -169,40 +169,59 @@ def log_train_metrics(train_metrics: TrainMetrics, logger: Optional[MetricsLogge
         logger.log({**reduced, "train/lr": lr}, step=step)
 
 
-def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedContext, fingerprint: str) -> None:
-    """Make the run folder ready: continue a resumed run there (its state restored, its config checked,
-    metrics.jsonl carried on, the resume recorded) or start a new one (never over an old run by accident).
+@dataclass
+class RunFolderStart:
+    """What a run writes into its folder before its first step. It is decided, and every file it needs is
+    read, before anything is written: a refusal or a damaged input leaves the folder as it was."""
+    clear: bool  # delete an earlier run's files first (a new run, or a resume into another folder)
+    metrics_rows: Optional[List[dict]]  # a resumed run's metrics.jsonl, ending with its resume row
+    identifiers: Optional[List[str]]  # the dataset's identifier names, kept as identifiers.json
 
-    Every rank runs the checks, so a refusal stops them all; only rank 0 writes.
+
+def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedContext,
+                    fingerprint: str) -> RunFolderStart:
+    """Check the run folder and, for a resumed run, restore its state (its config checked, metrics.jsonl's
+    rows to carry on and the resume row prepared) or check that a new one does not start over an old run
+    by accident. Nothing is written: `open_run_folder` writes.
+
+    Every rank runs the checks, so a refusal stops them all.
     """
+    identifiers = (read_identifiers(config.data_path)
+                   if os.path.isfile(os.path.join(config.data_path, IDENTIFIERS_FILE)) else None)
     if not config.resume:
-        resume.prepare_new_run_folder(config, clear=ctx.is_main)
-        if ctx.world_size > 1:
-            dist.barrier()
-        return
+        resume.refuse_existing_run(config)
+        return RunFolderStart(clear=True, metrics_rows=None, identifiers=identifiers)
     state_path = run_folder.resolve_resume_path(config.resume)
     saved = run_folder.read_train_state(state_path)
     changes = resume.compare_configs(saved.config, config, saved.data_fingerprint, fingerprint)
     source_dir = run_folder.run_folder_of(config.resume)
-    if os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path):
-        resume.prepare_new_run_folder(config, clear=ctx.is_main)  # continuing elsewhere: no run there
+    elsewhere = os.path.abspath(source_dir) != os.path.abspath(config.checkpoint_path)
+    if elsewhere:
+        resume.refuse_existing_run(config)  # continuing elsewhere: no run there
     resume.check_weights_carry_over(saved, state, changes)
     checkpointing.restore_train_state(saved, state, ctx)
     record = {"step": state.progress.step, "event": "resume", "from": state_path,
               "processes": [saved.world_size, ctx.world_size],
               "changed": {key: list(values) for key, values in changes.items()}}
-    if ctx.is_main and state.progress.rounds_done < config.num_rounds:
+    rows = resume.continued_metrics_rows(source_dir, state.progress.step, record) if ctx.is_main else None
+    return RunFolderStart(clear=elsewhere, metrics_rows=rows, identifiers=identifiers)
+
+
+def open_run_folder(config: PretrainConfig, ctx: DistributedContext, start: RunFolderStart) -> None:
+    """Write what a run keeps before its first step: the earlier run's files cleared, metrics.jsonl carried
+    on (resumed), the config and the dataset's identifier names (so its weights say which puzzle each
+    embedding row is: `init_from` matches them by name). Only rank 0 writes; the others wait for it."""
+    if ctx.is_main:
+        if start.clear:
+            resume.clear_run_files(config.checkpoint_path)
         run_folder.make_run_folder(config.checkpoint_path)
-        resume.continue_metrics_file(source_dir, config.checkpoint_path, state.progress.step, record)
+        if start.metrics_rows is not None:
+            run_folder.write_jsonl(os.path.join(config.checkpoint_path, run_folder.METRICS_FILE), start.metrics_rows)
+        run_folder.write_config(config.checkpoint_path, config.model_dump())
+        if start.identifiers is not None:
+            run_folder.write_identifiers(config.checkpoint_path, start.identifiers)
     if ctx.world_size > 1:
         dist.barrier()
-
-
-def record_identifiers(config: PretrainConfig) -> None:
-    """Keep the dataset's identifier names in the run folder, so its weights say which puzzle each embedding
-    row is (`init_from` matches them by name)."""
-    if os.path.isfile(os.path.join(config.data_path, IDENTIFIERS_FILE)):
-        run_folder.write_identifiers(config.checkpoint_path, read_identifiers(config.data_path))
 
 
 def lock_run_folder(run_dir: str, ctx: DistributedContext) -> contextlib.AbstractContextManager:
@@ -246,7 +265,7 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
     torch.manual_seed(config.seed + ctx.rank)
     fingerprint = resume.config_fingerprint(config)
     state = create_train_state(config, metadata, ctx)
-    start_or_resume(config, state, ctx, fingerprint)
+    start = start_or_resume(config, state, ctx, fingerprint)
     progress = state.progress
     if progress.rounds_done >= config.num_rounds:
         if ctx.is_main:
@@ -261,10 +280,12 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
         sample_loader, _ = create_loader(config, "test", ctx, test_set_mode=True, epochs_per_iter=1,
                                          max_examples=config.eval_max_examples)
 
+    arc_scorer = ArcScorer.for_dataset(config.data_path)  # each evaluation votes and scores, on ARC datasets
+    best = BestCheckpoint(config.checkpoint_path, resumed=bool(config.resume)) if arc_scorer and ctx.is_main else None
+
+    open_run_folder(config, ctx, start)
     logger = None
     if ctx.is_main:
-        run_folder.write_config(config.checkpoint_path, config.model_dump())
-        record_identifiers(config)
         logger = MetricsLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(),
                                total_steps=steps_to_run,
                                initial_step=progress.step,
@@ -272,8 +293,6 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
         logger.log({"num_params": sum(p.numel() for p in state.base_model.parameters())}, step=progress.step)
 
     train_metrics = TrainMetrics()
-    arc_scorer = ArcScorer.for_dataset(config.data_path)  # each evaluation votes and scores, on ARC datasets
-    best = BestCheckpoint(config.checkpoint_path, resumed=bool(config.resume)) if arc_scorer and ctx.is_main else None
 
     def save_state() -> str:
         return checkpointing.save_train_state(config.checkpoint_path, state, ctx, config.model_dump(), fingerprint)
@@ -288,51 +307,55 @@ def train_in_run_folder(config: PretrainConfig, ctx: DistributedContext, metadat
                                                 f"in {path!r}")
 
     eval_metrics = None
-    with StopRequest() as stop:
-        for _ in range(progress.rounds_done, config.num_rounds):
-            state.model.train()
-            for batch_index, (_, batch, global_batch_size) in enumerate(train_loader):
-                if batch_index < progress.batches_done_in_round:
-                    continue  # fast-forward to where a mid-round resume stopped
-                train_step(state, batch, config, ctx, global_batch_size, train_metrics)
-                progress.batches_done_in_round += 1
-                at_log_step = progress.step % config.log_interval == 0
-                if at_log_step:
-                    log_train_metrics(train_metrics, logger, state, config, ctx)
-                if config.checkpoint_interval and progress.step % config.checkpoint_interval == 0:
-                    save_state()
-                if stop.should_stop(ctx, synchronise=at_log_step):
+    try:
+        with StopRequest() as stop:
+            for _ in range(progress.rounds_done, config.num_rounds):
+                state.model.train()
+                for batch_index, (_, batch, global_batch_size) in enumerate(train_loader):
+                    if batch_index < progress.batches_done_in_round:
+                        continue  # fast-forward to where a mid-round resume stopped
+                    train_step(state, batch, config, ctx, global_batch_size, train_metrics)
+                    progress.batches_done_in_round += 1
+                    at_log_step = progress.step % config.log_interval == 0
+                    if at_log_step:
+                        log_train_metrics(train_metrics, logger, state, config, ctx)
+                    if config.checkpoint_interval and progress.step % config.checkpoint_interval == 0:
+                        save_state()
+                    if stop.should_stop(ctx, synchronise=at_log_step):
+                        raise interrupt(stop)
+                progress.rounds_done += 1
+                progress.batches_done_in_round = 0
+                if progress.rounds_done == config.num_rounds:
+                    log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
+
+                step = progress.step
+                # A sample's outputs are neither saved nor voted on (no ARC scores, no step_best): they would
+                # read as the whole split's.
+                sample = sample_loader is not None and progress.rounds_done < config.num_rounds
+                with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
+                    evaluation = evaluate_and_score(
+                        state.model, sample_loader if sample else eval_loader, eval_metadata, ctx,
+                        () if sample else config.eval_save_outputs,
+                        outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
+                        routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step),
+                        arc_scorer=None if sample else arc_scorer)
+                    eval_metrics, arc_figures = evaluation.metrics, arc_metrics(evaluation.arc_scores)
+                    if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
+                        run_folder.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
+                    if best is not None and arc_figures:
+                        best.consider(min(step, state.total_steps), arc_figures, state.model.state_dict)
+                if logger is not None and eval_metrics is not None:
+                    logger.log({**flatten_eval_metrics(eval_metrics, sample), **arc_figures},
+                               step=min(step, state.total_steps))
+                    logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics, arc_figures,
+                                                            sample))
+                save_state()
+                if stop.should_stop(ctx, synchronise=True):
                     raise interrupt(stop)
-            progress.rounds_done += 1
-            progress.batches_done_in_round = 0
-            if progress.rounds_done == config.num_rounds:
-                log_train_metrics(train_metrics, logger, state, config, ctx)  # the last, partial log interval
-
-            step = progress.step
-            # A sample's outputs are neither saved nor voted on (no ARC scores, no step_best): they would
-            # read as the whole split's.
-            sample = sample_loader is not None and progress.rounds_done < config.num_rounds
-            with state.ema.applied() if state.ema is not None else contextlib.nullcontext():
-                evaluation = evaluate_and_score(
-                    state.model, sample_loader if sample else eval_loader, eval_metadata, ctx,
-                    () if sample else config.eval_save_outputs,
-                    outputs_path=run_folder.predictions_prefix(config.checkpoint_path, step),
-                    routing_log_path=run_folder.routing_log_path(config.checkpoint_path, step),
-                    arc_scorer=None if sample else arc_scorer)
-                eval_metrics, arc_figures = evaluation.metrics, arc_metrics(evaluation.arc_scores)
-                if ctx.is_main and (config.checkpoint_every_eval or progress.rounds_done == config.num_rounds):
-                    run_folder.save_model_weights(config.checkpoint_path, step, state.model.state_dict())
-                if best is not None and arc_figures:
-                    best.consider(min(step, state.total_steps), arc_figures, state.model.state_dict)
-            if logger is not None and eval_metrics is not None:
-                logger.log({**flatten_eval_metrics(eval_metrics, sample), **arc_figures},
-                           step=min(step, state.total_steps))
-                logger.progress.write(format_evaluation(min(step, state.total_steps), eval_metrics, arc_figures,
-                                                        sample))
-            save_state()
-            if stop.should_stop(ctx, synchronise=True):
-                raise interrupt(stop)
-
+    except BaseException:
+        if logger is not None:
+            logger.end_progress_line()  # so that the error printed next is a line of its own
+        raise
     if logger is not None:
         logger.close()
     return FinishedRun(config.checkpoint_path, min(progress.step, state.total_steps), eval_metrics)

@@ -71,10 +71,14 @@ class MetricsLogger:
         try:
             append_text(self.jsonl_path, json.dumps({"step": step, **metrics}) + "\n")  # a whole row or none
         except FileWriteError:
-            self.progress.close()  # ends the bar's line, so the error is a line of its own
+            self.end_progress_line()
             raise
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+
+    def end_progress_line(self) -> None:
+        """Close the bar, ending its line, so that an error printed next is a line of its own."""
+        self.progress.close()
 
     def close(self) -> None:
         self.progress.close()

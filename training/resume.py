@@ -38,22 +38,27 @@ def existing_run_files(run_dir: str) -> List[str]:
                   for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)))
 
 
-def prepare_new_run_folder(config: PretrainConfig, clear: bool) -> None:
-    """Refuse a folder that already holds a run, unless `overwrite_run=true`; then, if `clear` (one process
-    does), delete its run files.
-
-    A folder with run files but neither a training state nor weights holds no run (one that died before
-    its first save): its leftover logs are cleared, so the new run's metrics.jsonl starts empty."""
+def refuse_existing_run(config: PretrainConfig) -> None:
+    """Refuse a folder that already holds a run, unless `overwrite_run=true` (its files are then cleared by
+    `clear_run_files` once every input of the new run has been read)."""
     found = existing_run_files(config.checkpoint_path)
     if found and not config.overwrite_run:
         raise ConfigError(f"checkpoint_path {config.checkpoint_path!r} already holds a run "
                           f"({os.path.basename(found[0])}); continue it with resume={config.checkpoint_path!r}, "
                           f"or start afresh there with overwrite_run=true (deletes its run files)")
-    if not clear:
-        return
+
+
+def clear_run_files(run_dir: str) -> None:
+    """Delete an earlier run's files from `run_dir`. A folder with run files but neither a training state nor
+    weights holds no run (one that died before its first save): its leftover logs go too, so the new run's
+    metrics.jsonl starts empty."""
     for pattern in run_folder.RUN_FILE_PATTERNS:
-        for path in glob.glob(os.path.join(glob.escape(config.checkpoint_path), pattern)):
-            os.remove(path)
+        for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)):
+            try:
+                os.remove(path)
+            except OSError as e:  # a folder in a run file's place, a read-only folder
+                raise run_folder.RunFolderError(f"cannot delete {path} of the earlier run in {run_dir}: "
+                                                f"{e.strerror or e}") from None
 
 
 def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -94,6 +99,12 @@ def compare_configs(saved: Dict[str, Any], config: PretrainConfig, saved_fingerp
     """The deliberate changes (key -> (saved, new)) of a resumed run's config; any other change of a key that
     alters the run's arithmetic is a ConfigError naming each key with both values."""
     old, new = _flatten(_with_typed_arch(_with_defaults(saved))), _flatten(config.model_dump())
+    # A misspelt entry would allow nothing and say nothing.
+    unknown = [entry for entry in config.resume_allow_changes
+               if not any(_allowed(key, [entry]) for key in (*old, *new, "data_path", "eval_interval"))]
+    if unknown:
+        raise ConfigError(f"resume_allow_changes: {', '.join(map(repr, unknown))} names no config key "
+                          f"(give keys such as lr or arch.hidden_size, or a prefix such as routing)")
     differences = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
                    if old.get(key) != new.get(key) and key not in KEYS_FREE_TO_CHANGE}
     saved_epochs_per_round = saved.get("eval_interval") or saved.get("epochs")
@@ -152,9 +163,9 @@ def config_fingerprint(config: PretrainConfig) -> str:
     return dataset_fingerprint(config.data_path)
 
 
-def continue_metrics_file(source_dir: str, run_dir: str, step: int, record: Dict[str, Any]) -> None:
-    """Make `run_dir`'s metrics.jsonl the source run's rows up to `step` (later rows came from steps that
+def continued_metrics_rows(source_dir: str, step: int, record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A resumed run's metrics.jsonl: the source run's rows up to `step` (later rows came from steps that
     are being run again), followed by `record`, the resume row."""
     source = os.path.join(source_dir, run_folder.METRICS_FILE)
     rows = [row for row in run_folder.read_metrics(source) if row.get("step", 0) <= step] if os.path.isfile(source) else []
-    run_folder.write_jsonl(os.path.join(run_dir, run_folder.METRICS_FILE), rows + [record])
+    return rows + [record]
