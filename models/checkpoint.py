@@ -46,10 +46,14 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
     state_dict = strip_compiled_prefix(state_dict)
     target = getattr(model, "_orig_mod", model)
     expected = target.state_dict()
+    embedding_key = puzzle_embedding_key(target)
     for key, value in state_dict.items():
         if key in expected and value.shape != expected[key].shape:
+            detail = (f": one row per puzzle identifier, so the checkpoint's dataset had {value.shape[0]} "
+                      f"identifiers (num_puzzle_identifiers) and this one has {expected[key].shape[0]}"
+                      if key == embedding_key and value.shape[1:] == expected[key].shape[1:] else "")
             raise CheckpointError(f"checkpoint does not match the model: {key} has shape {tuple(value.shape)} in "
-                                  f"the checkpoint and {tuple(expected[key].shape)} in the model")
+                                  f"the checkpoint and {tuple(expected[key].shape)} in the model{detail}")
     routing = routing_keys(target)
     missing = [k for k in expected if k not in state_dict and k not in routing]
     unexpected = [k for k in state_dict if k not in expected]

@@ -192,6 +192,9 @@ def copy_run(run_dir, tmp_path):
     ("garbage", "cannot be read"),
     ("truncated", "cannot be read"),
     ("other_architecture", "model.inner.H_init has shape (64,) in the checkpoint and (32,) in the model"),
+    ("other_dataset", "model.inner.puzzle_emb.weights has shape (6, 16) in the checkpoint and (4, 16) in the model: "
+                      "one row per puzzle identifier, so the checkpoint's dataset had 6 identifiers "
+                      "(num_puzzle_identifiers) and this one has 4"),
     ("missing", "not found"),
 ])
 def test_bad_checkpoints_are_one_line(relative_run, tmp_path, capsys, case, message, monkeypatch):
@@ -206,6 +209,10 @@ def test_bad_checkpoints_are_one_line(relative_run, tmp_path, capsys, case, mess
         torch.manual_seed(0)
         config = make_config("unused", "arch.hidden_size=64", "arch.puzzle_emb_ndim=64")
         other = build_model(config.arch, batch_size=16, seq_len=12, vocab_size=6, num_puzzle_identifiers=4)
+        torch.save(other.state_dict(), checkpoint)
+    elif case == "other_dataset":  # the same architecture, trained on a dataset of 6 puzzle identifiers
+        other = build_model(make_config("unused").arch, batch_size=16, seq_len=12, vocab_size=6,
+                            num_puzzle_identifiers=6)
         torch.save(other.state_dict(), checkpoint)
     else:
         checkpoint = run / "step_99"
