@@ -587,6 +587,11 @@ def build(sources: List[Tuple[str, List[SourcePuzzle]]], output_dir: str, test_s
         raise DatasetBuildError(f"--num-aug must be >= 0, got {num_aug}")
     if not any(puzzles for _, puzzles in sources):
         raise DatasetBuildError("no puzzles found in the inputs")
+    if not any(subfolder == test_set_name and puzzles for subfolder, puzzles in sources):
+        # A train-only dataset, as the reference builds it; said, since a misspelt name gives one too.
+        print(f"warning: no puzzles of the test subset {test_set_name!r} (--test-set-name) among the inputs "
+              f"(subsets {', '.join(subfolder for subfolder, _ in sources)}): the dataset has no test split",
+              file=sys.stderr)
     check_unique_names(sources)
     np.random.seed(seed)
     with atomic_output_dir(output_dir, overwrite) as dataset_dir:

@@ -488,12 +488,15 @@ def test_a_folder_without_subset_folders_names_itself_and_the_layout(tmp_path):
     assert str(error.value) == f"{tmp_path / 'empty'}: {layout}"
 
 
-def test_name_key_overrides_file_name(tmp_path):
+def test_name_key_overrides_file_name(tmp_path, capsys):
     puzzle = sample_puzzles("training", TRAINING_IDS[:1])[TRAINING_IDS[0]]
     write_puzzle_folder(tmp_path / "raw", {"training": {"file-stem": {**puzzle, "name": "renamed"}}})
     arc.main(["--dataset-dirs", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "out"), "--num-aug", "0"])
     assert json.load(open(tmp_path / "out" / "identifiers.json")) == ["<blank>", "renamed"]
     assert not os.path.exists(tmp_path / "out" / "test")  # no evaluation folder, no test split
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "warning: no puzzles of the test subset 'evaluation' (--test-set-name) among the inputs (subsets training): "
+        "the dataset has no test split")
 
 
 def test_missing_solutions_leave_tests_out(tmp_path, capsys):
