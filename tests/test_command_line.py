@@ -18,6 +18,7 @@ from puzzle_tools import compare
 from puzzle_tools.compare import CompareError
 from puzzle_tools.sweep import SweepError
 from puzzle_tools.tool_io import ToolInputError
+from training.evaluation import EvaluationError
 from training.run_folder import RunFolderError
 from training.preemption import TrainingInterrupted
 
@@ -32,7 +33,7 @@ def raising(error):
 
 @pytest.mark.parametrize("error_type", [ConfigError, DatasetFormatError, DatasetBuildError, MazeGenerationError,
                                         CheckpointError, RunFolderError, FileWriteError, ToolInputError, CompareError,
-                                        SweepError, MissingInputError])
+                                        SweepError, MissingInputError, EvaluationError])
 def test_every_input_error_is_one_line_and_status_2(error_type, capsys):
     assert issubclass(error_type, UserError)
     with pytest.raises(SystemExit) as exit_info:

@@ -13,7 +13,7 @@ from models.checkpoint import COMPILED_PREFIX
 from tiny_runs import make_config, write_tiny_dataset
 from training.build import create_loader, create_model
 from training.config import load_config
-from training.evaluation import evaluate as evaluate_in_process
+from training.evaluation import EvaluationError, evaluate as evaluate_in_process
 from training.distributed import DistributedContext
 from training.loop import run_training
 from training.run_folder import read_train_state
@@ -130,3 +130,12 @@ def test_a_release_run_on_several_datasets_is_a_one_line_error(tiny_dataset, tmp
     assert code == 2 and out == ""
     assert err == [f"error: invalid config: data_paths: evaluation reads one dataset folder; the run names "
                    f"{[tiny_dataset, tiny_dataset]!r}"]
+
+
+def test_an_evaluation_that_receives_no_batch_is_an_error_not_empty_metrics(tiny_dataset):
+    # A loader worker that cannot hand over its batches (a full /dev/shm) ends the loader early and silently.
+    config = make_config(tiny_dataset)
+    _, metadata = create_loader(config, "test", CPU, test_set_mode=True, epochs_per_iter=1)
+    model = create_model(config, metadata, CPU)
+    with pytest.raises(EvaluationError, match="received no batch from its data loader"):
+        evaluate_in_process(model, [], metadata, CPU)

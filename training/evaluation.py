@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from command_line import UserError
 from dataset.format import PuzzleDatasetMetadata
 from models.routing import RoutingOutput
 from training import run_folder
@@ -36,6 +37,10 @@ def routing_log_lines(routing: RoutingOutput, act_step: int, topk: Optional[int]
                                   alphas=[round(a, 6) for a in alphas[sample, call].tolist()],
                                   top_heads=top_heads[sample, call].tolist()))
     return lines
+
+
+class EvaluationError(UserError):
+    """An evaluation that could not see its split's examples."""
 
 
 @dataclass
@@ -89,8 +94,10 @@ def evaluate_with_outputs(model: nn.Module, loader, metadata: PuzzleDatasetMetad
     routing_lines: Optional[List[dict]] = [] if routers and routing_log_path is not None and ctx.is_main else None
     return_keys = [k for k in MODEL_OUTPUTS if k in save_outputs or (k == "logits" and "preds" in save_outputs)]
     model.eval()
+    batches = 0
     with torch.inference_mode():
         for set_name, batch, examples_in_batch in loader:
+            batches += 1
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             carry = model.initial_carry(batch)
             act_step = 0
@@ -116,5 +123,8 @@ def evaluate_with_outputs(model: nn.Module, loader, metadata: PuzzleDatasetMetad
                 for k in save_outputs:
                     saved.setdefault(k, []).append(values[k][:real_rows].cpu())
             metrics.add(set_name, result.metrics)
+    if batches == 0:  # e.g. a data-loader worker that could not hand over its batches (a full /dev/shm)
+        raise EvaluationError("the evaluation received no batch from its data loader, so it has no metrics; a "
+                              "failed loader worker (shared memory /dev/shm full?) is reported above")
 
     return Evaluation(metrics.reduce(ctx), {k: torch.cat(v) for k, v in saved.items()})
