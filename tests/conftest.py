@@ -1,10 +1,16 @@
-"""Shared test fixtures: the repository root, and skipping `cuda` tests where no GPU is present."""
+"""Shared test fixtures: the repository root, one thread per parallel test worker, and skipping `cuda` tests
+where no GPU is present."""
 import os
 
 import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # The workers share the cores: one thread each, here and in the processes the tests start.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

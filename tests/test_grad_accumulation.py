@@ -119,6 +119,7 @@ def test_auto_is_one_on_the_cpu_and_says_so(capsys):
     assert capsys.readouterr().out == "grad_accum_steps=auto: 1 (on the CPU there is no GPU memory to fit)\n"
 
 
+@pytest.mark.slow
 def test_auto_tries_doubling_micro_batch_counts_until_a_first_step_fits():
     tried = []
 

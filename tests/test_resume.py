@@ -51,6 +51,7 @@ def interrupt_at(monkeypatch, step, signum=signal.SIGTERM):
     monkeypatch.setattr(loop, "train_step", step_then_signal)
 
 
+@pytest.mark.slow
 def test_signal_saves_the_state_and_resume_in_place_equals_the_uninterrupted_run(
         tiny_dataset, tmp_path, monkeypatch, finished_run):
     _, uninterrupted = finished_run

@@ -183,6 +183,7 @@ def check_two_ranks_match_one_process(backend, tmp_path, atol):
             assert torch.allclose(result, embedding.weights, rtol=0, atol=atol)
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_on_the_joint_batch(tmp_path):
     check_two_ranks_match_one_process("gloo", tmp_path, atol=0)
 

@@ -334,6 +334,7 @@ def test_without_a_puzzle_embedding_there_are_no_puzzle_positions(puzzle_emb_len
     assert result.outputs["logits"].shape == (BATCH, SEQ, VOCAB) and "model.inner.puzzle_emb.weights" not in model.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["trm", "trm_mlp"])
 def test_training_run_lowers_the_loss(tiny_dataset, tmp_path, arch):
     run_dir = str(tmp_path / "run")
