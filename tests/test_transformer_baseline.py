@@ -12,8 +12,8 @@ from training.distributed import DistributedContext
 from training.loop import run_training
 
 from test_hrm import ref_linear, ref_rms, ref_rope
-from test_trm import (assert_float32_close, assert_release_checkpoint_loads, assert_unrouted_training_interface,
-                      release_swiglu, release_weights)
+from test_trm import (BATCH, SEQ, assert_float32_close, assert_release_checkpoint_loads,
+                      assert_unrouted_training_interface, release_swiglu, release_weights, tiny_batch, tiny_model)
 from tiny_runs import make_config, read_metrics, train_losses
 
 TRANSFORMER_ARCH = dict(
@@ -22,7 +22,6 @@ TRANSFORMER_ARCH = dict(
     puzzle_emb_ndim=48, H_cycles=1, H_layers=2, hidden_size=32, expansion=2, num_heads=3, pos_encodings="rope",
     halt_max_steps=3, halt_exploration_prob=0.5, forward_dtype="float32",
 )
-BATCH, SEQ, VOCAB, IDS = 6, 9, 7, 5
 CPU = DistributedContext(rank=0, world_size=1, device=torch.device("cpu"))
 
 # 3 heads of 10 dimensions on 32 (heads that do not divide the width, as the release's 12 on 512 do), learned
@@ -36,24 +35,7 @@ VARIANTS = {
 
 
 def tiny_transformer(**overrides):
-    torch.manual_seed(0)
-    model = build_model(parse_arch(dict(TRANSFORMER_ARCH, **overrides)), batch_size=BATCH, seq_len=SEQ,
-                        vocab_size=VOCAB, num_puzzle_identifiers=IDS)
-    # Untrained heads are all zeros: random ones make logits, Q values and halting depend on the weights.
-    with torch.no_grad():
-        model.model.inner.puzzle_emb.weights.normal_()
-        model.model.inner.q_head.weight.normal_(std=0.5)
-        model.model.inner.q_head.bias.zero_()
-    return model
-
-
-def tiny_batch(seed):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "inputs": torch.randint(0, VOCAB, (BATCH, SEQ), generator=g, dtype=torch.int32),
-        "labels": torch.randint(0, VOCAB, (BATCH, SEQ), generator=g, dtype=torch.int32),
-        "puzzle_identifiers": torch.randint(0, IDS, (BATCH,), generator=g, dtype=torch.int32),
-    }
+    return tiny_model(dict(TRANSFORMER_ARCH, **overrides))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -34,9 +34,13 @@ VARIANTS = {
 
 
 def tiny_trm(**overrides):
+    return tiny_model(dict(TRM_ARCH, **overrides))
+
+
+def tiny_model(arch):
+    """The model of the `arch` block at the tiny sizes, seeded, with random puzzle embeddings and Q head."""
     torch.manual_seed(0)
-    model = build_model(parse_arch(dict(TRM_ARCH, **overrides)), batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB,
-                        num_puzzle_identifiers=IDS)
+    model = build_model(parse_arch(arch), batch_size=BATCH, seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=IDS)
     # Untrained heads are all zeros: random ones make logits, Q values and halting depend on the weights.
     with torch.no_grad():
         model.model.inner.puzzle_emb.weights.normal_()
