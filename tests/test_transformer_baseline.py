@@ -13,7 +13,8 @@ from training.loop import run_training
 
 from test_hrm import ref_linear, ref_rms, ref_rope
 from test_trm import (BATCH, SEQ, assert_float32_close, assert_release_checkpoint_loads,
-                      assert_unrouted_training_interface, release_swiglu, release_weights, tiny_batch, tiny_model)
+                      assert_unrouted_training_interface, release_losses, release_swiglu, release_weights, tiny_batch,
+                      tiny_model)
 from tiny_runs import make_config, read_metrics, train_losses
 
 TRANSFORMER_ARCH = dict(
@@ -101,15 +102,7 @@ def release_act_step(w, arch, carry, batch, training):
                                   * torch.randint_like(steps, low=2, high=arch["halt_max_steps"] + 1))
                 halted = halted & (steps >= min_halt_steps)
 
-    labels = current["labels"]
-    mask = labels != -100
-    loss_counts = mask.sum(-1)
-    s = torch.where(logits.double() < 0, 1 / (1 - logits.double() + 1e-30), logits.double() + 1)
-    logprobs = torch.log(s / s.sum(-1, keepdim=True))
-    picked = torch.gather(logprobs, -1, torch.where(mask, labels, 0).long().unsqueeze(-1)).squeeze(-1)
-    lm_loss = (-torch.where(mask, picked, 0) / loss_counts.clamp_min(1).unsqueeze(-1)).sum()
-    seq_is_correct = (mask & (logits.argmax(-1) == labels)).sum(-1) == loss_counts
-    q_halt_loss = torch.nn.functional.binary_cross_entropy_with_logits(q_halt, seq_is_correct.float(), reduction="sum")
+    lm_loss, q_halt_loss, loss_counts, seq_is_correct = release_losses(logits, current["labels"], q_halt)
     valid = halted & (loss_counts > 0)
     metrics = dict(count=valid.sum(), exact_accuracy=(valid & seq_is_correct).sum(),
                    steps=torch.where(valid, steps, 0).sum())

@@ -61,6 +61,20 @@ def tiny_batch(seed):
 # ---------------------------------------------------------------------------------------------------------
 # The release's model restated literally from its code, on a dict of tensors named as its state dict is.
 
+def release_losses(logits, labels, q_halt):
+    """The release's ACTLossHead restated: stablemax cross entropy (per sequence, divided by its labelled cells)
+    and the halting loss. Returns (lm_loss, q_halt_loss, labelled cells per sequence, sequence correct)."""
+    mask = labels != -100
+    loss_counts = mask.sum(-1)
+    s = torch.where(logits.double() < 0, 1 / (1 - logits.double() + 1e-30), logits.double() + 1)
+    logprobs = torch.log(s / s.sum(-1, keepdim=True))
+    picked = torch.gather(logprobs, -1, torch.where(mask, labels, 0).long().unsqueeze(-1)).squeeze(-1)
+    lm_loss = (-torch.where(mask, picked, 0) / loss_counts.clamp_min(1).unsqueeze(-1)).sum()
+    seq_is_correct = (mask & (logits.argmax(-1) == labels)).sum(-1) == loss_counts
+    q_halt_loss = torch.nn.functional.binary_cross_entropy_with_logits(q_halt, seq_is_correct.float(), reduction="sum")
+    return lm_loss, q_halt_loss, loss_counts, seq_is_correct
+
+
 def release_swiglu(x, w, prefix):
     gate, up = ref_linear(x, w[prefix + "gate_up_proj.weight"]).chunk(2, dim=-1)
     return ref_linear(gate * torch.sigmoid(gate) * up, w[prefix + "down_proj.weight"])
@@ -140,15 +154,7 @@ def release_act_step(w, arch, carry, batch, training):
                               * torch.randint_like(steps, low=2, high=arch["halt_max_steps"] + 1))
             halted = halted & (steps >= min_halt_steps)
 
-    labels = current["labels"]
-    mask = labels != -100
-    loss_counts = mask.sum(-1)
-    s = torch.where(logits.double() < 0, 1 / (1 - logits.double() + 1e-30), logits.double() + 1)
-    logprobs = torch.log(s / s.sum(-1, keepdim=True))
-    picked = torch.gather(logprobs, -1, torch.where(mask, labels, 0).long().unsqueeze(-1)).squeeze(-1)
-    lm_loss = (-torch.where(mask, picked, 0) / loss_counts.clamp_min(1).unsqueeze(-1)).sum()
-    seq_is_correct = (mask & (logits.argmax(-1) == labels)).sum(-1) == loss_counts
-    q_halt_loss = torch.nn.functional.binary_cross_entropy_with_logits(q_halt, seq_is_correct.float(), reduction="sum")
+    lm_loss, q_halt_loss, loss_counts, seq_is_correct = release_losses(logits, current["labels"], q_halt)
     outputs = dict(logits=logits, q_halt_logits=q_halt, q_continue_logits=q_continue)
     return (halted, steps, z_H, z_L, current), outputs, lm_loss + 0.5 * q_halt_loss, puzzle_rows
 
