@@ -173,6 +173,12 @@ def read_identifiers(dataset_dir: str) -> List[str]:
     return read_identifier_list(os.path.join(dataset_dir, IDENTIFIERS_FILE))
 
 
+def read_identifiers_if_present(dataset_dir: str) -> Optional[List[str]]:
+    """`read_identifiers`, or None for a dataset folder without `identifiers.json`."""
+    present = os.path.isfile(os.path.join(dataset_dir, IDENTIFIERS_FILE))
+    return read_identifiers(dataset_dir) if present else None
+
+
 def read_identifier_list(path: str, error: Type[UserError] = DatasetFormatError) -> List[str]:
     """An `identifiers.json` file anywhere (a dataset's, or the copy a run folder keeps); a fault raises `error`
     naming the file."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from command_line import MissingInputError
-from dataset.format import IDENTIFIERS_FILE, read_identifier_list, read_identifiers
+from dataset.format import IDENTIFIERS_FILE, read_identifier_list, read_identifiers_if_present
 from models.checkpoint import CheckpointError, load_model_weights, puzzle_embedding_key
 from models.config_validation import ConfigError
 from training import run_folder
@@ -50,7 +50,7 @@ def checkpoint_identifiers(path: str, identifiers_file: Optional[str]) -> Option
 
 
 def dataset_identifiers(data_path: str, num_rows: int) -> Optional[List[str]]:
-    names = read_identifiers(data_path) if os.path.isfile(os.path.join(data_path, IDENTIFIERS_FILE)) else None
+    names = read_identifiers_if_present(data_path)
     if names is not None and len(names) != num_rows:
         raise ConfigError(f"data_path: {os.path.join(data_path, IDENTIFIERS_FILE)} lists {len(names)} identifiers, "
                           f"but the dataset has {num_rows} (num_puzzle_identifiers)")

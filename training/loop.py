@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from dataset.format import IDENTIFIERS_FILE, PuzzleDatasetMetadata, read_identifiers
+from dataset.format import PuzzleDatasetMetadata, read_identifiers_if_present
 from models.config_validation import ConfigError
 from training import checkpointing, resume, run_folder
 from training.arc_score import ArcScorer
@@ -186,8 +186,7 @@ def start_or_resume(config: PretrainConfig, state: TrainState, ctx: DistributedC
 
     Every rank runs the checks, so a refusal stops them all.
     """
-    identifiers = (read_identifiers(config.data_path)
-                   if os.path.isfile(os.path.join(config.data_path, IDENTIFIERS_FILE)) else None)
+    identifiers = read_identifiers_if_present(config.data_path)
     if not config.resume:
         resume.refuse_existing_run(config)
         return RunFolderStart(clear=True, metrics_rows=None, identifiers=identifiers)

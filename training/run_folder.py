@@ -52,6 +52,13 @@ def weights_path(run_dir: str, step: int) -> str:
     return os.path.join(run_dir, f"step_{step}")
 
 
+def save_tensors(path: str, obj: Any) -> str:
+    """`torch.save` under a temporary name, renamed into place when whole."""
+    with atomic_path(path) as tmp_path:
+        torch.save(obj, tmp_path)
+    return path
+
+
 def predictions_prefix(run_dir: str, step: int) -> str:
     """Saved evaluation outputs go to `<prefix>.<rank>`."""
     return os.path.join(run_dir, f"step_{step}_all_preds")
@@ -59,10 +66,7 @@ def predictions_prefix(run_dir: str, step: int) -> str:
 
 def write_predictions(prefix: str, rank: int, outputs: Dict[str, torch.Tensor]) -> str:
     """Write one process's saved evaluation outputs (name -> rows) to `<prefix>.<rank>`."""
-    path = f"{prefix}.{rank}"
-    with atomic_path(path) as tmp_path:
-        torch.save(outputs, tmp_path)
-    return path
+    return save_tensors(f"{prefix}.{rank}", outputs)
 
 
 def routing_log_path(run_dir: str, step: int) -> str:
@@ -227,10 +231,7 @@ def read_metrics(path: str) -> List[dict]:
 
 def save_model_weights(run_dir: str, step: int, model_state: Dict[str, torch.Tensor]) -> str:
     """Write `step_<step>`: the model's state dict, loadable by the reference release."""
-    path = weights_path(run_dir, step)
-    with atomic_path(path) as tmp_path:
-        torch.save(model_state, tmp_path)
-    return path
+    return save_tensors(weights_path(run_dir, step), model_state)
 
 
 def latest_weights_path(path: str) -> str:
@@ -294,9 +295,7 @@ def read_evaluated_weights(path: str) -> EvaluatedWeights:
 
 def save_best_weights(run_dir: str, record: Dict[str, Any], model_state: Dict[str, torch.Tensor]) -> str:
     """Write `step_best` (a state dict, as step_N) and then `best.json`, `record`: its step and scores."""
-    path = os.path.join(run_dir, BEST_WEIGHTS_FILE)
-    with atomic_path(path) as tmp_path:
-        torch.save(model_state, tmp_path)
+    path = save_tensors(os.path.join(run_dir, BEST_WEIGHTS_FILE), model_state)
     write_text(os.path.join(run_dir, BEST_RECORD_FILE), json.dumps(record) + "\n")
     return path
 
@@ -347,11 +346,8 @@ def train_state_path(run_dir: str) -> str:
 
 
 def write_train_state(run_dir: str, saved: SavedTrainState) -> str:
-    path = train_state_path(run_dir)
     fields = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)}
-    with atomic_path(path) as tmp_path:
-        torch.save(dict(fields, progress=dataclasses.asdict(saved.progress)), tmp_path)
-    return path
+    return save_tensors(train_state_path(run_dir), dict(fields, progress=dataclasses.asdict(saved.progress)))
 
 
 def read_train_state(path: str) -> SavedTrainState:
