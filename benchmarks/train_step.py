@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASK_SHAPES), default="sudoku")
     parser.add_argument("--batch-size", type=int, default=None, help="per-GPU batch (default: the task's published one)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="sequence length (default: the task's), e.g. 144 for 12x12 mazes")
     parser.add_argument("--steps", type=int, default=50, help="timed steps (after warm-up)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation happens here)")
     parser.add_argument("--no-compile", action="store_true")
@@ -180,14 +182,15 @@ def main(argv=None) -> None:
     args.batch_size = args.batch_size or DEFAULT_BATCH[args.task]
     fast_path.FAST_PATH_OPTIONS.update(args.inductor_options)
     ctx = setup_distributed()
-    shapes = TASK_SHAPES[args.task]
+    seq_len, vocab_size, num_identifiers = TASK_SHAPES[args.task]
+    shapes = (args.seq_len or seq_len, vocab_size, num_identifiers)
     batches = random_batches(4, args.batch_size, *shapes, ctx.device)
     with (torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, SDPA_BACKENDS[args.sdpa_backend]))
           if args.sdpa_backend else contextlib.nullcontext()):
         paths = [False, True] if args.compare_plain else [not args.plain]
         runs = [measure(args, ctx, fast, shapes, batches) for fast in paths]
     if ctx.is_main:
-        result = dict(task=args.task, arch=args.arch_config, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
+        result = dict(task=args.task, seq_len=shapes[0], arch=args.arch_config, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
                       grad_accum_steps=args.grad_accum_steps, dtype=args.dtype,
                       attention_backend=resolve_backend(args.attention_backend), sdpa_backend=args.sdpa_backend,
                       inductor_options=fast_path.FAST_PATH_OPTIONS,

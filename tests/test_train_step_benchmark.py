@@ -35,3 +35,17 @@ def test_the_named_architecture_is_timed(name, sizes, capsys):
                                              resolve=True))
     model = build_model(arch, batch_size=4, seq_len=81, vocab_size=11, num_puzzle_identifiers=1)
     assert run["num_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_seq_len_sets_the_length_timed(capsys):
+    # Learned positions hold one row of hidden_size floats per position, so the parameter count shows the length.
+    tiny = dict(hidden_size=32, num_heads=2, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1, halt_max_steps=1,
+                puzzle_emb_ndim=0, pos_encodings="learned")
+    runs = {}
+    for seq_len in (None, 36):
+        extra = [] if seq_len is None else ["--seq-len", str(seq_len)]
+        load_benchmark().main(["--task", "sudoku", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--dtype",
+                               "float32", "--no-compile", "--arch", json.dumps(tiny), *extra])
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        runs[printed["seq_len"]] = printed["runs"][0]["num_params"]
+    assert runs[81] - runs[36] == (81 - 36) * 32
