@@ -8,7 +8,8 @@ also the paired t-test and a paired bootstrap interval over the runs matched by 
 
 The CSVs are as puzzle_tools/sweep.py writes them: one row per run, the metric as a column. Every selected row
 is one run (one seed); `--filter KEY=VALUE` keeps the rows of both arms whose column KEY equals VALUE,
-`--baseline-filter` and `--treatment-filter` select within one arm (so one sweep CSV can hold both arms).
+`--baseline-filter` and `--treatment-filter` select within one arm (so one sweep CSV can hold both arms), and
+`--seeds 0 1 2 3 4` keeps those seeds' runs in both arms (a 5-seed sweep against the same seeds of a 10-seed one).
 
 Statistics (differences are treatment minus baseline):
   std          sample standard deviation (ddof=1)
@@ -123,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--paired", action="store_true",
                         help=f"pair the runs of the two arms by their {SEED_COLUMN!r} column and add the paired "
                              f"t-test and paired bootstrap interval")
+    parser.add_argument("--seeds", nargs="+", metavar="SEED",
+                        help="keep only the runs of these seeds, in both arms (e.g. the seeds a shorter sweep shares "
+                             "with a longer one)")
     parser.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     parser.add_argument("--plot", metavar="FILE", help="also draw the runs, means and interval into this PNG")
     parser.add_argument("--seed", type=int, default=0, help="random_state of the bootstrap (default %(default)s)")
@@ -139,10 +143,13 @@ def parse_filters(flag: str, items: Sequence[str]) -> List[Tuple[str, str]]:
     return filters
 
 
-def read_arm(path: str, metric: str, filters: Sequence[Tuple[str, str]], with_seeds: bool = False) -> ArmRuns:
-    """The metric of every row of `path` that passes the filters (and, `with_seeds`, each row's seed)."""
+def read_arm(path: str, metric: str, filters: Sequence[Tuple[str, str]], with_seeds: bool = False,
+             only_seeds: Optional[Sequence[str]] = None) -> ArmRuns:
+    """The metric of every row of `path` that passes the filters (and, `with_seeds`, each row's seed); with
+    `only_seeds`, of the rows of those seeds alone, each of which must be there."""
     rows = csv_rows(path, CompareError)
     columns = next(rows, [])
+    with_seeds = with_seeds or only_seeds is not None
     for key in [metric] + [key for key, _ in filters] + ([SEED_COLUMN] if with_seeds else []):
         if key not in columns:
             raise CompareError(f"{path}: no column {key!r} (columns: {', '.join(columns) or 'none'})")
@@ -153,6 +160,8 @@ def read_arm(path: str, metric: str, filters: Sequence[Tuple[str, str]], with_se
         if len(fields) != len(columns):
             raise CompareError(f"{path}, row {line}: {len(fields)} fields, but the header has {len(columns)}")
         row = dict(zip(columns, fields))
+        if only_seeds is not None and row[SEED_COLUMN] not in only_seeds:
+            continue
         if all(row[key] == value for key, value in filters):
             try:
                 value = float(row[metric])
@@ -163,6 +172,9 @@ def read_arm(path: str, metric: str, filters: Sequence[Tuple[str, str]], with_se
             values.append(value)
             if with_seeds:
                 seeds.append(row[SEED_COLUMN])
+    missing = [seed for seed in only_seeds or [] if seed not in seeds]
+    if missing:
+        raise CompareError(f"--seeds: {path} has no selected run of seed {' '.join(missing)}")
     return ArmRuns(np.array(values, dtype=np.float64), tuple(seeds))
 
 
@@ -185,7 +197,7 @@ def pair_by_seed(baseline: ArmRuns, treatment: ArmRuns) -> Tuple[ArmRuns, ArmRun
             for arm, runs, other in (("baseline", baseline, treatment), ("treatment", treatment, baseline))}
     if any(only.values()):
         listed = "; ".join(f"{arm} only: {' '.join(seeds)}" for arm, seeds in only.items() if seeds)
-        raise CompareError(f"--paired: the arms' seeds do not pair up ({listed})")
+        raise CompareError(f"--paired: the arms' seeds do not pair up ({listed}; --seeds keeps the shared ones)")
     seeds = tuple(sorted(baseline.seeds, key=seed_order))
 
     def in_seed_order(runs: ArmRuns) -> ArmRuns:
@@ -308,10 +320,11 @@ def compare_arms(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("scipy") is None:
         raise CompareError("compare.py needs scipy: pip install scipy (or pip install -e '.[plot]')")
     shared = parse_filters("--filter", args.filter)
-    baseline = read_arm(args.baseline, args.metric,
-                        shared + parse_filters("--baseline-filter", args.baseline_filter), with_seeds=args.paired)
+    baseline = read_arm(args.baseline, args.metric, shared + parse_filters("--baseline-filter", args.baseline_filter),
+                        with_seeds=args.paired, only_seeds=args.seeds)
     treatment = read_arm(args.treatment, args.metric,
-                         shared + parse_filters("--treatment-filter", args.treatment_filter), with_seeds=args.paired)
+                         shared + parse_filters("--treatment-filter", args.treatment_filter),
+                         with_seeds=args.paired, only_seeds=args.seeds)
     if args.paired:
         baseline, treatment = pair_by_seed(baseline, treatment)
     if args.plot:

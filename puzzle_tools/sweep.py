@@ -15,7 +15,7 @@ is not, the arch config that adds a `routing` block to the default architecture 
 extending it) is added, since the default's own file has no routing keys; `arch.routing.controller=none` is
 then the plain default architecture.
 
-The sweep dimensions of issue 13 ("does PoH routing help HRM?") as overrides:
+The sweep dimensions of the PoH design notes ("does PoH routing help HRM?") as overrides:
 
     baseline vs routing     --grid arch.routing.controller=none,hrm
     inner iterations        --grid arch.L_cycles=1,2,4,8   (and arch.H_cycles=...; at least 1 cycle each)

@@ -250,9 +250,10 @@ def test_paired_arms_from_one_sweep_csv_and_a_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize("baseline, treatment, message", [
     ([(0, 1.0), (1, 2.0), (2, 3.0)], [(0, 1.5), (1, 2.0), (3, 3.5)],
-     "error: --paired: the arms' seeds do not pair up (baseline only: 2; treatment only: 3)"),
+     "error: --paired: the arms' seeds do not pair up (baseline only: 2; treatment only: 3; --seeds keeps the shared "
+     "ones)"),
     ([(0, 1.0), (1, 2.0)], [(0, 1.5), (1, 2.0), (2, 2.5), (10, 1.0)],
-     "error: --paired: the arms' seeds do not pair up (treatment only: 2 10)"),
+     "error: --paired: the arms' seeds do not pair up (treatment only: 2 10; --seeds keeps the shared ones)"),
     ([(0, 1.0), (1, 2.0), (1, 3.0)], [(0, 1.5), (1, 2.5)],
      "error: --paired: seed 1 is in 2 rows of the baseline arm; each seed must be one run of each arm "
      "(filter the arm to one setting)"),
@@ -275,3 +276,19 @@ def test_paired_needs_a_seed_column(tmp_path, capsys):
         f"error: {no_seeds}: no column 'seed' (columns: config_id, {METRIC})"]
     # Without --paired, the same file compares as before.
     assert compare.main([no_seeds, no_seeds, "--metric", METRIC]) == 0
+
+
+def test_seeds_keep_the_shared_seeds_of_a_longer_sweep(tmp_path, capsys):
+    # A 3-seed treatment against a 5-seed baseline: --seeds pairs the 3, as if the baseline had run those alone.
+    longer = seeded_csv(tmp_path / "b.csv", [(0, 10), (1, 20), (2, 30), (3, 90), (4, 0)], "none")
+    shorter = seeded_csv(tmp_path / "t.csv", [(2, 33), (0, 11), (1, 22)], "hrm")
+    alone = seeded_csv(tmp_path / "b3.csv", [(0, 10), (1, 20), (2, 30)], "none")
+    picked = run_json(capsys, longer, shorter, "--metric", METRIC, "--paired", "--seeds", "0", "1", "2")
+    assert picked == run_json(capsys, alone, shorter, "--metric", METRIC, "--paired")
+    assert picked["paired"]["seeds"] == ["0", "1", "2"] and picked["paired"]["mean_difference"] == 2.0
+    assert (picked["n_baseline"], picked["mean_baseline"]) == (3, 20.0)
+    # Unpaired too: the Welch figures of the same 3 baseline runs.
+    assert run_json(capsys, longer, shorter, "--metric", METRIC, "--seeds", "0", "1", "2")["mean_baseline"] == 20.0
+    # A seed that one arm lacks is named, never dropped silently.
+    assert compare.main([longer, shorter, "--metric", METRIC, "--seeds", "0", "3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: --seeds: {shorter} has no selected run of seed 3"]
