@@ -307,7 +307,7 @@ def plot(result: Comparison, path: str) -> None:
     diff_axes.axhline(0, color="gray", linestyle="--")
     diff_axes.set_xticks([0], ["treatment - baseline"])
     diff_axes.set_title(f"difference, bootstrap 95% CI\np = {result.p_value:.3g}, d = {result.cohens_d:.3g}"
-                        if paired is None else f"difference, paired bootstrap 95% CI\npaired p = {paired.p_value:.3g}")
+                        if paired is None else f"difference,\npaired bootstrap 95% CI\npaired p = {paired.p_value:.3g}")
     figure.tight_layout()
     try:
         with atomic_path(path) as tmp_path:
