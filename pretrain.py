@@ -22,7 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 from command_line import OneLineArgumentParser, run_cli
 from dataset.atomic_file import FileWriteError
 from models.config_validation import ConfigError
-from puzzle_tools.plot_run import plot_runs
 from puzzle_tools.tool_io import ToolInputError
 from training import run_folder
 from training.config import load_config
@@ -80,6 +79,8 @@ def run_summary(run: FinishedRun, draw_plots: bool) -> str:
     if not draw_plots:
         lines.append(f"  plots:   python puzzle_tools/plot_run.py {shlex.quote(run_dir)}")
         return "\n".join(lines)
+    # Imported here: matplotlib takes half a second to load, which runs with plots=false need not pay.
+    from puzzle_tools.plot_run import plot_runs
     try:
         plots = plot_runs([run_dir], run_dir)
         lines.append(f"  plots:   {' '.join(shlex.quote(path) for path in plots)}")

@@ -182,13 +182,26 @@ def test_the_printed_resume_command_pasted_into_a_shell_finishes_the_run(tiny_da
     assert all(losses[step] == pytest.approx(uninterrupted[step], abs=1e-6) for step in losses)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
-def test_resume_with_another_number_of_processes_equals_the_uninterrupted_run(tiny_dataset, tmp_path, first, second):
+def exact_resume_overrides(tiny_dataset):
     # Exploration draws differ per rank (seed + rank), so they are off for an exact comparison.
-    common = [f"data_path={tiny_dataset}", *TINY_OVERRIDES, "arch.halt_exploration_prob=0.0", "eval_interval=1"]
-    whole = run_pretrain([*common, "epochs=2", f"checkpoint_path={tmp_path / 'whole'}"])
+    return [f"data_path={tiny_dataset}", *TINY_OVERRIDES, "arch.halt_exploration_prob=0.0", "eval_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tiny_dataset, tmp_path_factory):
+    """The training losses of one uninterrupted 2-epoch run, which every resume below must reproduce."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "whole"
+    whole = run_pretrain([*exact_resume_overrides(tiny_dataset), "epochs=2", f"checkpoint_path={run_dir}"])
     assert whole.returncode == 0, whole.stderr[-2000:]
+    return train_losses(read_metrics(run_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted-run")  # one worker runs both, so the uninterrupted run is made once
+@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
+def test_resume_with_another_number_of_processes_equals_the_uninterrupted_run(tiny_dataset, tmp_path, first, second,
+                                                                            uninterrupted_losses):
+    common = exact_resume_overrides(tiny_dataset)
 
     def launcher(processes):
         return torchrun(processes) if processes > 1 else (sys.executable,)
@@ -197,7 +210,7 @@ def test_resume_with_another_number_of_processes_equals_the_uninterrupted_run(ti
     assert half.returncode == 0, half.stderr[-2000:]
     rest = run_pretrain([*common, "epochs=2", f"resume={tmp_path / 'run'}"], launcher=launcher(second))
     assert rest.returncode == 0, rest.stderr[-2000:]
-    expected, resumed = train_losses(read_metrics(tmp_path / "whole")), train_losses(read_metrics(tmp_path / "run"))
+    expected, resumed = uninterrupted_losses, train_losses(read_metrics(tmp_path / "run"))
     assert sorted(resumed) == sorted(expected) == list(range(1, 13))
     for step in expected:
         assert resumed[step] == pytest.approx(expected[step], abs=1e-5), step
