@@ -190,7 +190,8 @@ def main(argv=None) -> None:
         paths = [False, True] if args.compare_plain else [not args.plain]
         runs = [measure(args, ctx, fast, shapes, batches) for fast in paths]
     if ctx.is_main:
-        result = dict(task=args.task, seq_len=shapes[0], arch=args.arch_config, world_size=ctx.world_size, per_gpu_batch=args.batch_size,
+        result = dict(task=args.task, seq_len=shapes[0], arch=args.arch_config, world_size=ctx.world_size,
+                      per_gpu_batch=args.batch_size,
                       grad_accum_steps=args.grad_accum_steps, dtype=args.dtype,
                       attention_backend=resolve_backend(args.attention_backend), sdpa_backend=args.sdpa_backend,
                       inductor_options=fast_path.FAST_PATH_OPTIONS,
